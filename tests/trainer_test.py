@@ -1,0 +1,211 @@
+"""Tests of trainer/: the L2 term, the schedules, and whole runs through main.py."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import densenet
+from trainer import schedules
+from trainer import step as steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_l2_term_matches_formula_and_skips_batch_norm():
+    model = densenet.create_model('densenet_bc_10_4', num_classes=10, image_size=32)
+    variables = steps.decayed_variables(model)
+    kernels = [w for w in model.weights if 'kernel' in w.name]
+    assert len(variables) == len(kernels) > 0
+    assert not any('gamma' in v.name or 'beta' in v.name or 'bias' in v.name for v in variables)
+    expected = (
+        0.5 * 1e-4 * sum(float(np.sum(np.square(w.numpy().astype(np.float64)))) for w in kernels)
+    )
+    assert float(steps.l2_term(variables, 1e-4)) == pytest.approx(expected, rel=1e-5)
+    # Its gradient is wd * w: the paper's (and PyTorch's) weight decay.
+    with tf.GradientTape() as tape:
+        term = steps.l2_term(variables, 1e-4)
+    gradient = tape.gradient(term, variables[0])
+    np.testing.assert_allclose(gradient.numpy(), 1e-4 * variables[0].numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', schedules.SCHEDULES)
+def test_schedule_matches_formula(name):
+    spe, total, initial, final = 10, 900, 0.05, 1e-5
+    schedule = schedules.EpochSchedule(
+        name,
+        initial_lr=initial,
+        final_lr=final,
+        steps_per_epoch=spe,
+        total_steps=total,
+        decay_epochs=30,
+    )
+    for step in (0, 1, 299, 300, 301, 450, 599, 600, 899, 900):
+        epoch, progress = step / spe, step / total
+        expected = {
+            'steps': initial * 0.1 ** (int(epoch) // 30),
+            'linear': initial + (final - initial) * progress,
+            'exponential': initial * (final / initial) ** progress,
+            'cosine': final + (initial - final) * 0.5 * (1 + math.cos(math.pi * progress)),
+        }[name]
+        # float32 arithmetic: relative to the expected value, or to initial_lr near zero.
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-7 * initial), step
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match='lr_sched'):
+        schedules.EpochSchedule('poly', initial_lr=1, final_lr=0, steps_per_epoch=1, total_steps=1)
+
+
+# Whole runs through main.py in subprocesses, on the bundled digits.
+
+TINY = [
+    '--model=densenet_bc_10_4',
+    '--image_size=32',
+    '--num_classes=10',
+    '--bfloat16=false',
+    '--batch_size=64',
+    '--optimizer=sgd',
+    '--initial_lr=0.05',
+    '--lr_sched=cosine',
+    '--random_flip=false',
+    '--eval_crop_fraction=1.0',
+    '--deterministic',
+    '--seed=3',
+    '--steps_per_loop=4',
+    '--log_every_steps=4',
+    '--checkpoint_every_steps=4',
+    '--shuffle_buffer=512',
+]
+
+
+def _main(*args, check=True):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'main.py'), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f'main.py {" ".join(args)} failed:\n{result.stderr[-3000:]}')
+    return result
+
+
+@pytest.fixture(scope='module')
+def digits_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp('digits') / 'data')
+    from input_pipeline import digits
+
+    digits.ensure_digits_dataset(path)
+    return path
+
+
+def _checkpoint_values(model_dir):
+    reader = tf.train.load_checkpoint(
+        tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
+    )
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if name.startswith('model/') or name.startswith('optimizer/')
+    }
+
+
+def _results(model_dir):
+    with open(os.path.join(model_dir, 'eval_results.jsonl')) as stream:
+        return [json.loads(line) for line in stream]
+
+
+def test_resumed_run_equals_uninterrupted_run(digits_dir, tmp_path):
+    straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+    # --train_steps sets the length of the cosine schedule; the steps schedule does not
+    # depend on it, so stopping at 8 and going on to 12 must change nothing.
+    _main(
+        *TINY,
+        '--lr_sched=steps',
+        f'--dataset_dir={digits_dir}',
+        f'--model_dir={straight}',
+        '--train_steps=12',
+    )
+    _main(
+        *TINY,
+        '--lr_sched=steps',
+        f'--dataset_dir={digits_dir}',
+        f'--model_dir={resumed}',
+        '--train_steps=6',
+    )
+    _main(
+        *TINY,
+        '--lr_sched=steps',
+        f'--dataset_dir={digits_dir}',
+        f'--model_dir={resumed}',
+        '--train_steps=12',
+    )
+    a, b = _checkpoint_values(straight), _checkpoint_values(resumed)
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert _results(straight)[-1]['step'] == _results(resumed)[-1]['step'] == 12
+    assert _results(straight)[-1]['top1'] == _results(resumed)[-1]['top1']
+
+
+def test_epoch_run_writes_everything_and_evaluates_again(digits_dir, tmp_path):
+    model_dir = str(tmp_path / 'run')
+    result = _main(*TINY, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}', '--epochs=1')
+    assert 'Validation top-1' in result.stdout
+    # 1,497 training digits at batch 64: 23 steps in the epoch.
+    last = _results(model_dir)[-1]
+    assert last['epoch'] == 1 and last['step'] == 23 and last['num_examples'] == 300
+    assert set(last) >= {'epoch', 'step', 'top1', 'top5', 'loss', 'num_examples'}
+    assert os.path.exists(os.path.join(model_dir, 'saves', 'epoch_001', 'saved_model.pb'))
+    assert os.listdir(os.path.join(model_dir, 'logs', 'train'))
+    assert os.listdir(os.path.join(model_dir, 'logs', 'eval'))
+    assert '--model=densenet_bc_10_4' in open(os.path.join(model_dir, 'flags.cfg')).read()
+    # The flag file reproduces the run's configuration: a restart with it resumes and
+    # only evaluates.
+    again = _main(f'--flagfile={os.path.join(model_dir, "flags.cfg")}')
+    assert 'Training already complete' in again.stderr
+    # Evaluating the export and the checkpoint gives the trainer's own figures.
+    for path in (
+        os.path.join(model_dir, 'saves', 'epoch_001'),
+        os.path.join(model_dir, 'checkpoints'),
+    ):
+        _main(*TINY, f'--dataset_dir={digits_dir}', f'--only_eval={path}')
+        evaluated = _results(model_dir)[-1]
+        assert evaluated['num_examples'] == 300
+        assert evaluated['top1'] == pytest.approx(last['top1'], abs=1e-6)
+        assert evaluated['loss'] == pytest.approx(last['loss'], rel=1e-4)
+
+
+def test_label_out_of_range_names_the_file(digits_dir, tmp_path):
+    result = _main(
+        *TINY,
+        f'--dataset_dir={digits_dir}',
+        f'--model_dir={tmp_path}',
+        '--num_classes=5',
+        '--train_steps=2',
+        check=False,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert 'label out of range' in last.lower() and 'train-0000' in last, last
+
+
+def test_conflicting_flags_are_one_line_errors(tmp_path):
+    result = _main(
+        '--synthetic_data',
+        f'--model_dir={tmp_path}',
+        '--only_eval=x',
+        '--train_steps=5',
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        'main.py: error: --only_eval evaluates and exits; it cannot be combined with --train_steps'
+    )
