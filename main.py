@@ -42,6 +42,12 @@ flags.DEFINE_float(
     0.0,
     'Dropout after each conv in dense blocks (paper: 0.2 without augmentation; 0 for ImageNet).',
 )
+flags.DEFINE_float(
+    'batch_norm_momentum',
+    0.99,
+    "Decay of batch-norm moving statistics (Keras Applications' 0.99; the paper's Torch code "
+    'used 0.9, better for small data sets with few steps).',
+)
 flags.DEFINE_bool('bfloat16', True, 'bf16 compute with float32 variables and logits.')
 # Data processing.
 flags.DEFINE_integer(

@@ -296,3 +296,20 @@ def test_unknown_name_raises(name):
 def test_bad_compute_dtype_raises():
     with pytest.raises(ValueError, match='compute_dtype'):
         create_model('densenet_bc_40_12', image_size=32, compute_dtype='int8')
+
+
+@pytest.mark.parametrize('momentum', [0.99, 0.9])
+def test_batch_norm_momentum_sets_the_moving_average_decay(momentum):
+    model = densenet.create_model(
+        'densenet_bc_10_4', num_classes=10, image_size=8, batch_norm_momentum=momentum
+    )
+    images = np.random.RandomState(0).normal(2.0, 1.0, (4, 8, 8, 3)).astype('float32')
+    model(images, training=True)
+    # The first BN sees the first conv's output: its moving mean moves from 0 to
+    # (1 - momentum) * the batch mean, the textbook exponential moving average.
+    conv = model.get_layer('conv1_conv')
+    first_bn = next(l for l in model.layers if isinstance(l, keras.layers.BatchNormalization))
+    batch_mean = np.mean(conv(images).numpy(), axis=(0, 1, 2))
+    np.testing.assert_allclose(
+        first_bn.moving_mean.numpy(), (1 - momentum) * batch_mean, rtol=1e-4, atol=1e-6
+    )

@@ -24,6 +24,7 @@ class RunConfig:
     num_classes: int = 1000
     image_size: int = 224
     dropout_rate: float = 0.0  # The seed's default; the paper used 0.2 only without augmentation.
+    batch_norm_momentum: float = 0.99  # Keras Applications; the paper's Torch code: 0.9.
     bfloat16: bool = True  # bf16 compute, float32 variables and logits.
     # Data and augmentation.
     label_offset: int = 1  # Inception/TF-slim labels are 1..1000; 0 is unused.

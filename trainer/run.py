@@ -171,6 +171,7 @@ def build_model(config: RunConfig) -> keras.Model:
         image_size=config.image_size,
         dropout_rate=config.dropout_rate,
         compute_dtype=config.compute_dtype,
+        batch_norm_momentum=config.batch_norm_momentum,
     )
 
 
