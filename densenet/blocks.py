@@ -34,7 +34,7 @@ def batch_norm(x: Any, name: str, dtype: Any) -> Any:
     )(x)
 
 
-def _dropout(x: Any, rate: float, name: str, dtype: Any) -> Any:
+def dropout(x: Any, rate: float, name: str, dtype: Any) -> Any:
     """Dropout if `rate > 0`, else nothing at all.
 
     With rate 0 no layer is added, so the default model has the same layer list
@@ -70,13 +70,13 @@ def conv_block(
     y = keras.layers.Conv2D(4 * growth_rate, 1, use_bias=False, name=f'{name}_1_conv', dtype=dtype)(
         y
     )
-    y = _dropout(y, dropout_rate, f'{name}_1_drop', dtype)
+    y = dropout(y, dropout_rate, f'{name}_1_drop', dtype)
     y = batch_norm(y, f'{name}_1_bn', dtype)
     y = keras.layers.Activation('relu', name=f'{name}_1_relu', dtype=dtype)(y)
     y = keras.layers.Conv2D(
         growth_rate, 3, padding='same', use_bias=False, name=f'{name}_2_conv', dtype=dtype
     )(y)
-    y = _dropout(y, dropout_rate, f'{name}_2_drop', dtype)
+    y = dropout(y, dropout_rate, f'{name}_2_drop', dtype)
     return keras.layers.Concatenate(axis=CHANNEL_AXIS, name=f'{name}_concat', dtype=dtype)([x, y])
 
 
@@ -126,5 +126,5 @@ def transition_block(
     x = keras.layers.Conv2D(
         int(x.shape[CHANNEL_AXIS] * reduction), 1, use_bias=False, name=f'{name}_conv', dtype=dtype
     )(x)
-    x = _dropout(x, dropout_rate, f'{name}_drop', dtype)
+    x = dropout(x, dropout_rate, f'{name}_drop', dtype)
     return keras.layers.AveragePooling2D(2, strides=2, name=f'{name}_pool', dtype=dtype)(x)

@@ -22,6 +22,7 @@ from typing import Dict, Optional, Tuple
 import keras
 
 from densenet import blocks
+from densenet import recompute
 
 # name -> (growth rate k, layers in each of the 4 dense blocks); paper Table 1.
 IMAGENET_VARIANTS: Dict[str, Tuple[int, Tuple[int, int, int, int]]] = {
@@ -102,6 +103,7 @@ def _imagenet_features(
     block_sizes: Tuple[int, ...],
     dropout_rate: float,
     policy: keras.mixed_precision.Policy,
+    **options,
 ):
     """Stem (7x7/2 conv, 3x3/2 max pool) and four dense blocks, as in Keras."""
     # The explicit padding and names are those Keras Applications produces in a
@@ -116,18 +118,61 @@ def _imagenet_features(
     x = keras.layers.MaxPooling2D(3, strides=2, name='pool1', dtype=policy)(x)
     for i, num_layers in enumerate(block_sizes):
         stage = i + 2  # The stem is stage 1: then conv2..conv5, pool2..pool4.
-        x = blocks.dense_block(
-            x, num_layers, growth_rate, f'conv{stage}', dropout_rate=dropout_rate, dtype=policy
-        )
-        if i < len(block_sizes) - 1:
-            x = blocks.transition_block(
-                x, COMPRESSION, f'pool{stage}', dropout_rate=dropout_rate, dtype=policy
-            )
+        last = i == len(block_sizes) - 1
+        x = _dense_stage(x, num_layers, growth_rate, stage, last, dropout_rate, policy, **options)
     return x
 
 
+def _dense_stage(
+    x,
+    num_layers: int,
+    growth_rate: int,
+    stage: int,
+    last: bool,
+    dropout_rate: float,
+    policy: keras.mixed_precision.Policy,
+    *,
+    memory_efficient: bool = False,
+    batch_norm_momentum: float = 0.99,
+):
+    """Dense block `conv{stage}` and, unless `last`, transition `pool{stage}`.
+
+    With `memory_efficient`, the block and the transition's BN-ReLU-conv are one
+    `recompute.RecomputedDenseBlock` holding the same weights under the same names.
+    """
+    if not memory_efficient:
+        x = blocks.dense_block(
+            x, num_layers, growth_rate, f'conv{stage}', dropout_rate=dropout_rate, dtype=policy
+        )
+        if not last:
+            x = blocks.transition_block(
+                x, COMPRESSION, f'pool{stage}', dropout_rate=dropout_rate, dtype=policy
+            )
+        return x
+    x = recompute.RecomputedDenseBlock(
+        int(x.shape[blocks.CHANNEL_AXIS]),
+        num_layers,
+        growth_rate,
+        prefix=f'conv{stage}',
+        transition=None if last else f'pool{stage}',
+        reduction=COMPRESSION,
+        dropout_rate=dropout_rate,
+        batch_norm_momentum=batch_norm_momentum,
+        dtype=policy,
+    )(x)
+    if last:
+        return x
+    x = blocks.dropout(x, dropout_rate, f'pool{stage}_drop', policy)
+    return keras.layers.AveragePooling2D(2, strides=2, name=f'pool{stage}_pool', dtype=policy)(x)
+
+
 def _cifar_features(
-    x, depth: int, growth_rate: int, dropout_rate: float, policy: keras.mixed_precision.Policy
+    x,
+    depth: int,
+    growth_rate: int,
+    dropout_rate: float,
+    policy: keras.mixed_precision.Policy,
+    **options,
 ):
     """DenseNet-BC for small images: 3x3 conv (2k channels), three dense blocks.
 
@@ -139,18 +184,9 @@ def _cifar_features(
         2 * growth_rate, 3, padding='same', use_bias=False, name='conv1_conv', dtype=policy
     )(x)
     for stage in (2, 3, 4):
-        x = blocks.dense_block(
-            x,
-            layers_per_block,
-            growth_rate,
-            f'conv{stage}',
-            dropout_rate=dropout_rate,
-            dtype=policy,
+        x = _dense_stage(
+            x, layers_per_block, growth_rate, stage, stage == 4, dropout_rate, policy, **options
         )
-        if stage < 4:
-            x = blocks.transition_block(
-                x, COMPRESSION, f'pool{stage}', dropout_rate=dropout_rate, dtype=policy
-            )
     return x
 
 
@@ -162,6 +198,7 @@ def create_model(
     dropout_rate: float = 0.0,
     compute_dtype: str = 'float32',
     batch_norm_momentum: float = 0.99,
+    memory_efficient: bool = False,
 ) -> keras.Model:
     """Builds a DenseNet by name, with random weights.
 
@@ -179,6 +216,10 @@ def create_model(
         Keras Applications' value, right for ImageNet's thousands of steps per
         epoch; the paper's Torch code used 0.9, which tracks the weights closely
         enough to evaluate after the few hundred steps of a small data set.
+      memory_efficient: recompute each dense layer's BN-ReLU-conv in the backward
+        pass instead of storing it (`densenet/recompute.py`): activation memory
+        linear rather than quadratic in block depth, for about one more forward
+        pass of compute. Same weights, names and outputs as the plain model.
 
     Returns:
       A functional `keras.Model` mapping [B, image_size, image_size, 3] float
@@ -208,12 +249,13 @@ def create_model(
     # A float32 input accepts float32 or 16-bit images (the first layer casts),
     # and keeps a SavedModel's serving signature float32 whatever the policy.
     images = keras.Input(shape=(image_size, image_size, 3), name='images')
+    options = dict(memory_efficient=memory_efficient, batch_norm_momentum=batch_norm_momentum)
     if bc is None:
         growth_rate, block_sizes = IMAGENET_VARIANTS[name]
-        x = _imagenet_features(images, growth_rate, block_sizes, dropout_rate, policy)
+        x = _imagenet_features(images, growth_rate, block_sizes, dropout_rate, policy, **options)
     else:
         depth, growth_rate = bc
-        x = _cifar_features(images, depth, growth_rate, dropout_rate, policy)
+        x = _cifar_features(images, depth, growth_rate, dropout_rate, policy, **options)
     logits = _classifier(x, num_classes, policy)
     model = keras.Model(images, logits, name=name)
     # Momentum is no weight: setting it after construction leaves the layer list and

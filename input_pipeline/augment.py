@@ -1,20 +1,34 @@
-"""Augmentation kernels: crop-window sampling, fused decode-and-crop, flip, normalise.
+"""Augmentation kernels: crop windows, fused decode-crop-resize, flip, colour, normalise.
 
 Every random kernel is stateless: it takes a `seed` tensor of shape [2] and returns the
 same output for the same seed. The dataset derives each example's seed from (seed,
 epoch, position in the epoch), so a resumed run augments exactly as the original did
 and no random generator state has to be checkpointed.
 
-The crops decode only the pixels inside the crop window (`decode_and_crop_jpeg`): the
-Inception crop keeps on average about half of an ImageNet image, and the fused op skips
-the inverse DCT and colour conversion of everything outside the window, the bulk of a
-JPEG decode.
+Decoding is where an input pipeline spends its time, so the kernels decode as little as
+they can (measured by `bench/input_pipeline.py`):
+
+- only the crop window (`decode_and_crop_jpeg`): libjpeg skips the inverse DCT and the
+  colour conversion of everything outside it;
+- at a reduced scale where the window is at least twice the output size: libjpeg's
+  DCT-domain downscaling (`ratio` 2, 4 or 8) does less work and averages pixels, which
+  also spares the bilinear resize its aliasing, and no detail the output could hold is
+  lost;
+- flips are applied to the uint8 window before the resize, a quarter of the bytes of
+  the float image after it;
+- the resize takes the uint8 pixels and returns float32, so no float copy of the window
+  is ever made;
+- normalisation multiplies and adds full-size constants: TensorFlow's per-channel
+  broadcasting of a `[3]` vector over an image runs several times slower than plain
+  element-wise arithmetic.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from input_pipeline import decode
@@ -31,6 +45,26 @@ CENTER_CROP_FRACTION = 0.875
 # box the whole image is the box, so crops cover at least 10% of the image.
 MIN_OBJECT_COVERED = 0.1
 
+# PCA of ImageNet's RGB pixel values in [0, 1], as fb.resnet.torch's `Lighting`
+# (after AlexNet, Krizhevsky et al. 2012) uses them; the DenseNet paper trained with it.
+PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+# ITU-R 601 luma weights, the grayscale of fb.resnet.torch's colour jitter.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@functools.lru_cache(maxsize=None)
+def _normalization_constants(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    scale = 1.0 / (255.0 * np.array(IMAGENET_STD, np.float32))
+    offset = -np.array(IMAGENET_MEAN, np.float32) / np.array(IMAGENET_STD, np.float32)
+    shape = (height, width, 3)
+    return np.broadcast_to(scale, shape).copy(), np.broadcast_to(offset, shape).copy()
+
 
 def normalize(image: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
     """Scales RGB pixel values in 0..255 to zero mean and unit variance per channel.
@@ -45,13 +79,16 @@ def normalize(image: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
     Returns:
       `(image / 255 - IMAGENET_MEAN) / IMAGENET_STD` as `dtype`.
     """
-    image = tf.cast(image, tf.float32) / 255.0
-    mean = tf.constant(IMAGENET_MEAN, tf.float32)
-    std = tf.constant(IMAGENET_STD, tf.float32)
-    return tf.cast((image - mean) / std, dtype)
+    image = tf.cast(image, tf.float32)
+    if image.shape.rank is not None and image.shape[-3:].is_fully_defined():
+        scale, offset = _normalization_constants(*image.shape[-3:-1])
+    else:
+        scale, offset = _normalization_constants(1, 1)
+        scale, offset = scale[0, 0], offset[0, 0]
+    return tf.cast(image * scale + offset, dtype)
 
 
-def _central_crop_window(shape: tf.Tensor, crop_fraction: float) -> tf.Tensor:
+def central_crop_window(shape: tf.Tensor, crop_fraction: float) -> tf.Tensor:
     """Returns the window `[offset_y, offset_x, side, side]` of the central square crop.
 
     The side is `crop_fraction * min(height, width)`, as TPU ResNet/EfficientNet compute
@@ -60,33 +97,47 @@ def _central_crop_window(shape: tf.Tensor, crop_fraction: float) -> tf.Tensor:
     """
     height, width = shape[0], shape[1]
     side = tf.cast(crop_fraction * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+    side = tf.maximum(side, 1)
     offset_y = (height - side + 1) // 2
     offset_x = (width - side + 1) // 2
     return tf.stack([offset_y, offset_x, side, side])
 
 
-def _random_crop_window(
+def random_crop_window(
     shape: tf.Tensor,
     bbox: tf.Tensor,
     seed: tf.Tensor,
     *,
-    area_range: tuple[float, float],
-    aspect_ratio_range: tuple[float, float],
-    max_attempts: int,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+    max_attempts: int = 10,
 ) -> tf.Tensor:
     """Samples an Inception-style crop window `[offset_y, offset_x, height, width]`.
 
-    When none of the `max_attempts` tries satisfies the constraints the sampler returns
-    the whole image; we fall back to the central crop instead, as TPU ResNet does, so a
-    failed sample still zooms in like the evaluation crop.
+    The window covers `area_range` of the image with an aspect ratio in
+    `aspect_ratio_range`; with annotated boxes it also contains at least 10% of one of
+    them, which steers crops towards the object. When none of the `max_attempts` tries
+    satisfies the constraints the sampler returns the whole image; we fall back to the
+    central crop instead, as TPU ResNet does, so a failed sample still zooms in like the
+    evaluation crop.
+
+    Args:
+      shape: `[height, width, channels]` of the image.
+      bbox: float `[N, 4]` boxes (ymin, xmin, ymax, xmax) in 0..1; `N` may be 0.
+      seed: `[2]` integer tensor.
+      area_range: allowed crop area as a fraction of the image.
+      aspect_ratio_range: allowed width / height of the crop.
+      max_attempts: sampling tries before falling back to the central crop.
+
+    Returns:
+      int32 `[4]` window.
     """
-    whole_image = tf.constant([[0.0, 0.0, 1.0, 1.0]])
-    boxes = tf.cond(
-        tf.shape(bbox)[0] > 0,
-        # Annotation tools sometimes put a box edge a hair outside the image.
-        lambda: tf.clip_by_value(tf.cast(bbox, tf.float32), 0.0, 1.0),
-        lambda: whole_image,
-    )
+    shape = tf.cast(shape, tf.int32)
+    # Annotation tools sometimes put a box edge a hair outside the image. The whole
+    # image stands in when there is no box; slicing (not tf.cond) picks it, which
+    # keeps control flow out of the per-example graph.
+    boxes = tf.concat([tf.clip_by_value(tf.cast(bbox, tf.float32), 0.0, 1.0), [[0, 0, 1, 1.0]]], 0)
+    boxes = boxes[: tf.maximum(tf.shape(bbox)[0], 1)]
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape,
         bounding_boxes=boxes[tf.newaxis],
@@ -97,34 +148,52 @@ def _random_crop_window(
         max_attempts=max_attempts,
         use_image_if_no_bounding_boxes=True,
     )
-    offset_y, offset_x, _ = tf.unstack(begin)
-    height, width, _ = tf.unstack(size)
-    sampled = tf.stack([offset_y, offset_x, height, width])
-    failed = tf.logical_and(tf.equal(height, shape[0]), tf.equal(width, shape[1]))
-    return tf.where(failed, _central_crop_window(shape, CENTER_CROP_FRACTION), sampled)
+    sampled = tf.stack([begin[0], begin[1], size[0], size[1]])
+    failed = tf.logical_and(tf.equal(size[0], shape[0]), tf.equal(size[1], shape[1]))
+    return tf.where(failed, central_crop_window(shape, CENTER_CROP_FRACTION), sampled)
 
 
-def _decode_window(encoded: tf.Tensor, window_fn: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
-    """Decodes the window `window_fn(image shape)` of an image as uint8 RGB.
+def _flip_axes(flip: tf.Tensor | None) -> tf.Tensor:
+    """`[1]` to reverse the width axis when `flip`, else `[]` (reverse nothing, no copy)."""
+    if flip is None:
+        return tf.zeros([0], tf.int32)
+    return tf.range(1, 1 + tf.cast(flip, tf.int32))
 
-    JPEGs (nearly all of ImageNet) are decoded inside the window only; anything else is
-    decoded whole by `decode.decode_rgb` and then cropped.
+
+def decode_window(
+    encoded: tf.Tensor,
+    window_fn: Callable[[tf.Tensor], tf.Tensor],
+    *,
+    image_size: int,
+    flip: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Decodes the window `window_fn(image shape)` of an image, flipped, at `image_size`.
+
+    JPEGs (nearly all of ImageNet) are decoded inside the window only. Anything else
+    (one ImageNet train image is a PNG under a `.JPEG` name) is decoded whole and
+    re-encoded as a JPEG first: that costs a full decode and encode, but only for such
+    images, and it keeps the graph free of control flow. A `tf.cond` here would cost
+    every image more than a whole bilinear resize: tf.data runs each branch as a
+    function call of its own.
+
+    Args:
+      encoded: scalar string tensor, JPEG (or PNG, GIF, BMP) bytes.
+      window_fn: `[height, width, channels]` -> int32 `[offset_y, offset_x, height,
+        width]` within the image.
+      image_size: side of the square output.
+      flip: scalar bool, whether to mirror the window left to right; None for never.
+
+    Returns:
+      float32 `[image_size, image_size, 3]` with values in 0..255.
     """
-
-    def jpeg() -> tf.Tensor:
-        window = window_fn(tf.io.extract_jpeg_shape(encoded))
-        return tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
-
-    def other() -> tf.Tensor:
-        image = decode.decode_rgb(encoded)
-        offset_y, offset_x, height, width = tf.unstack(window_fn(tf.shape(image)))
-        return tf.image.crop_to_bounding_box(image, offset_y, offset_x, height, width)
-
-    return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
-
-
-def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Bilinear resize to a square; without antialiasing values stay within 0..255."""
+    jpeg = decode.as_jpeg(encoded)
+    window = window_fn(tf.io.extract_jpeg_shape(jpeg))
+    image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=3)
+    # Flipping the uint8 window before the resize moves a fraction of the bytes that
+    # flipping the float output would; bilinear resizing commutes with the flip.
+    image = tf.reverse(image, _flip_axes(flip))
+    # Bilinear without antialiasing keeps values within 0..255; it reads the uint8
+    # pixels directly, so no float copy of the window is made.
     image = tf.image.resize(image, [image_size, image_size], method='bilinear')
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
@@ -138,6 +207,7 @@ def decode_and_random_crop(
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
     max_attempts: int = 10,
+    flip: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Decodes a random Inception crop of an image and resizes it (the train crop).
 
@@ -153,13 +223,14 @@ def decode_and_random_crop(
       area_range: allowed crop area as a fraction of the image.
       aspect_ratio_range: allowed width / height of the crop.
       max_attempts: sampling tries before falling back to the central crop.
+      flip: scalar bool, mirror the crop left to right (see `flip_decision`).
 
     Returns:
       float32 `[image_size, image_size, 3]` with values in 0..255.
     """
 
     def window_fn(shape: tf.Tensor) -> tf.Tensor:
-        return _random_crop_window(
+        return random_crop_window(
             shape,
             bbox,
             seed,
@@ -168,12 +239,17 @@ def decode_and_random_crop(
             max_attempts=max_attempts,
         )
 
-    return _resize(_decode_window(encoded, window_fn), image_size)
+    return decode_window(encoded, window_fn, image_size=image_size, flip=flip)
+
+
+def flip_decision(seed: tf.Tensor) -> tf.Tensor:
+    """A fair coin, as `tf.image.stateless_random_flip_left_right` tosses it for `seed`."""
+    return tf.random.stateless_uniform([], seed) < 0.5
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Flips an `[H, W, C]` image left to right with probability 1/2, decided by `seed`."""
-    return tf.image.stateless_random_flip_left_right(image, seed)
+    return tf.reverse(image, _flip_axes(flip_decision(seed)))
 
 
 def decode_and_center_crop(
@@ -192,5 +268,78 @@ def decode_and_center_crop(
     Returns:
       float32 `[image_size, image_size, 3]` with values in 0..255.
     """
-    image = _decode_window(encoded, lambda shape: _central_crop_window(shape, crop_fraction))
-    return _resize(image, image_size)
+    return decode_window(
+        encoded,
+        lambda shape: central_crop_window(shape, crop_fraction),
+        image_size=image_size,
+    )
+
+
+def _blend(image: tf.Tensor, degenerate: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """`factor * image + (1 - factor) * degenerate`: fb.resnet.torch's `blend`."""
+    return degenerate + factor * (image - degenerate)
+
+
+def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
+    """Random brightness, contrast and saturation in random order (fb.resnet.torch).
+
+    Each factor is `1 + U(-strength, strength)`: brightness blends with black,
+    contrast with the image's mean gray, saturation with its grayscale. fb.resnet.torch
+    uses 0.4 for all three, and does not clip; neither do we (the values are
+    normalised right after).
+
+    Args:
+      image: float32 `[H, W, 3]`, values in 0..255.
+      seed: `[2]` integer tensor.
+      strength: the largest change of each factor, in [0, 1).
+
+    Returns:
+      float32 `[H, W, 3]`.
+    """
+    factor_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    factors = 1.0 + tf.random.stateless_uniform([3], factor_seed, -strength, strength)
+    order = tf.argsort(tf.random.stateless_uniform([3], order_seed))
+    luma = tf.constant(_LUMA, tf.float32)
+
+    def brightness(picture: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+        return picture * factor
+
+    def contrast(picture: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+        mean = tf.reduce_mean(tf.tensordot(picture, luma, 1))
+        return _blend(picture, mean, factor)
+
+    def saturation(picture: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+        gray = tf.tensordot(picture, luma, 1)[..., tf.newaxis]
+        return _blend(picture, gray, factor)
+
+    transforms = (brightness, contrast, saturation)
+    for step in range(3):
+        which = order[step]
+        image = tf.switch_case(
+            which,
+            [
+                functools.partial(transform, image, factors[i])
+                for i, transform in enumerate(transforms)
+            ],
+        )
+    return image
+
+
+def pca_lighting(image: tf.Tensor, seed: tf.Tensor, alpha_std: float) -> tf.Tensor:
+    """AlexNet-style PCA lighting noise with ImageNet's eigenvectors (fb.resnet.torch).
+
+    Adds `eigvec @ (alpha * eigval)` to every pixel, `alpha ~ N(0, alpha_std)` per
+    component (fb.resnet.torch: 0.1), on the 0..1 scale; here scaled to 0..255.
+
+    Args:
+      image: float32 `[H, W, 3]`, values in 0..255.
+      seed: `[2]` integer tensor.
+      alpha_std: standard deviation of the component weights.
+
+    Returns:
+      float32 `[H, W, 3]`.
+    """
+    alpha = tf.random.stateless_normal([3], seed, stddev=alpha_std)
+    eigvec = tf.constant(PCA_EIGVEC, tf.float32)
+    rgb = tf.linalg.matvec(eigvec, alpha * tf.constant(PCA_EIGVAL, tf.float32))
+    return image + 255.0 * rgb

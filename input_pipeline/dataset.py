@@ -9,6 +9,14 @@ Evaluation visits every example exactly once: records are split by index across 
 pipelines and padded with zero-weight examples so that every replica runs the same
 number of full batches (a replica that runs out early would hang the others in their
 collective ops).
+
+Bad data stops a run with the file named (`records.py` for damaged TFRecord files,
+`decode.check_image` and `decode.check_labels` for records), or, with
+`skip_bad_records`, is skipped: a damaged file's unreadable rest, and a record whose
+image fails to decode. Training drops such records and logs a running count per epoch;
+evaluation gives them weight 0, so `num_examples` counts what was evaluated. A label out
+of range stops the run either way: it means a wrong `label_offset` or `num_classes`,
+not a bad record.
 """
 
 from __future__ import annotations
@@ -20,23 +28,29 @@ import tensorflow as tf
 
 from input_pipeline import augment
 from input_pipeline import decode
+from input_pipeline import formats
+from input_pipeline import mixing
+from input_pipeline import randaugment
+from input_pipeline import records
 
 # Files read at once. Fixed rather than tied to the file count, so the interleaved order
 # depends on the seed and the file list only.
 _INTERLEAVE_CYCLE = 16
 
-# Read buffer per open file: large reads keep remote file systems (GCS) busy.
-_READ_BUFFER_BYTES = 8 * 1024 * 1024
-
 # Training runs until the trainer stops reading; this only bounds the epoch counter.
 _EPOCH_LIMIT = 2**31
 
 # Tags that fold a purpose into an epoch's key, giving independent random streams.
-_FILE_ORDER, _PIPELINE, _RECORD_ORDER, _AUGMENTATION = range(4)
+_FILE_ORDER, _PIPELINE, _RECORD_ORDER, _AUGMENTATION, _MIXING = range(5)
+
+# Independent streams of one example's seed, one per random kernel.
+_CROP, _FLIP, _RANDAUGMENT, _COLOR, _LIGHTING = range(5)
 
 
 def list_files(dataset_dir: str, split: str) -> list[str]:
     """Lists one split's TFRecord shards in the slim layout (`train-00000-of-01024`).
+
+    See `formats.find_dataset` for the other layouts and their detection.
 
     Args:
       dataset_dir: folder that holds the shards (local or any `tf.io.gfile` path).
@@ -50,28 +64,25 @@ def list_files(dataset_dir: str, split: str) -> list[str]:
     """
     if not tf.io.gfile.isdir(dataset_dir):
         raise FileNotFoundError(f'dataset directory {dataset_dir} does not exist')
-    pattern = os.path.join(dataset_dir, f'{split}-*-of-*')
+    pattern = formats.split_pattern(dataset_dir, 'slim', split)
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
         raise FileNotFoundError(f'no {split} TFRecords in {dataset_dir}: nothing matches {pattern}')
     return files
 
 
-def count_examples(files: Sequence[str]) -> int:
+def count_examples(files: Sequence[str], *, skip_bad_records: bool = False) -> int:
     """Counts the records in TFRecord files by reading them all.
 
     Args:
       files: TFRecord paths.
+      skip_bad_records: count only the readable records of damaged files; otherwise a
+        damaged file stops the count with its name.
 
     Returns:
       The number of records.
     """
-    if not files:
-        return 0
-    records = tf.data.TFRecordDataset(
-        list(files), num_parallel_reads=min(len(files), _INTERLEAVE_CYCLE)
-    )
-    return int(records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    return records.count_records(files, skip_bad_records=skip_bad_records)
 
 
 def eval_steps(num_examples: int, global_batch_size: int) -> int:
@@ -98,39 +109,29 @@ def _pipeline_layout(
     return num_pipelines, input_context.input_pipeline_id, num_replicas // num_pipelines
 
 
-def _records_with_filenames(files: tf.data.Dataset) -> tf.data.Dataset:
-    """Reads records from a dataset of file names as `(record, filename)` pairs.
-
-    The file name travels with each record so that a bad label can name its file. The
-    interleave is deterministic: its order depends only on the order of `files`.
-    """
-
-    def read(filename: tf.Tensor) -> tf.data.Dataset:
-        records = tf.data.TFRecordDataset(filename, buffer_size=_READ_BUFFER_BYTES)
-        return records.map(lambda record: (record, filename))
-
-    return files.interleave(
-        read,
-        cycle_length=_INTERLEAVE_CYCLE,
-        block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-
-
 def _check_enough_records(files: Sequence[str], needed: int) -> None:
     """Fails when the files hold fewer records than one training step needs.
 
     Such a dataset would yield empty epochs forever (each epoch is cut to whole steps),
     so iteration would hang instead of failing. Reads at most `needed` records.
     """
-    records = tf.data.TFRecordDataset(list(files)).take(needed)
-    found = int(records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    found_records = tf.data.TFRecordDataset(list(files)).take(needed)
+    found = int(found_records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
     if found < needed:
         raise ValueError(
             f'the train files hold {found} records, fewer than one step needs ({needed}): '
             f'lower the batch size or add data ({files[0]} ...)'
         )
+
+
+def _fold_in(key: tf.Tensor, *data: int | tf.Tensor) -> tf.Tensor:
+    for value in data:
+        key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
+    return key
+
+
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
 def train_dataset(
@@ -150,15 +151,24 @@ def train_dataset(
     shuffle_buffer: int = 10000,
     input_context: tf.distribute.InputContext | None = None,
     batches_per_epoch: int | None = None,
+    schema: formats.RecordSchema = formats.SLIM_SCHEMA,
+    color_jitter: float = 0.0,
+    pca_lighting: float = 0.0,
+    randaugment_layers: int = 0,
+    randaugment_magnitude: float = 9.0,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    skip_bad_records: bool = False,
 ) -> tf.data.Dataset:
     """Builds the endless, reproducible training stream of augmented batches.
 
     Epoch `e` (counting from `start_epoch`) shuffles the file order with a key derived
     from (seed, e), interleaves the files deterministically, shuffles records in a
     buffer seeded from (seed, e, pipeline) and augments the example at position `i` of
-    the epoch with a stateless seed derived from (seed, e, pipeline, i). The order is
-    also shaped by TensorFlow's global seed, which tf.data mixes into every shuffle
-    seed: keep it fixed (or unset) across runs that must match.
+    the epoch with a stateless seed derived from (seed, e, pipeline, i); batch `b` of
+    the epoch is mixed (mixup, CutMix) with a seed from (seed, e, pipeline, b). The
+    order is also shaped by TensorFlow's global seed, which tf.data mixes into every
+    shuffle seed: keep it fixed (or unset) across runs that must match.
 
     Batches never straddle two epochs, so the trainer's position (epoch, steps done)
     always maps to the same batches. An epoch is `batches_per_epoch` batches when given;
@@ -170,7 +180,7 @@ def train_dataset(
     pipeline reads all files and keeps every `num_input_pipelines`-th record.
 
     Args:
-      files: train TFRecord paths (see `list_files`).
+      files: train TFRecord paths (see `formats.find_dataset`).
       batch_size: examples per batch, per replica.
       image_size: side of the square images.
       num_classes: number of classes; labels outside `[0, num_classes)` after the
@@ -192,10 +202,21 @@ def train_dataset(
         agree on where epochs end. Extra records are dropped; a pipeline whose files
         hold too few (file sharding deals out unequal shares) reads the start of its
         epoch again to fill up. None: cut each epoch to whole steps.
+      schema: the record keys (`formats.find_dataset` tells them).
+      color_jitter: > 0: random brightness, contrast and saturation of this strength
+        (fb.resnet.torch: 0.4).
+      pca_lighting: > 0: PCA lighting noise of this standard deviation (0.1).
+      randaugment_layers: > 0: RandAugment with this many operations per image.
+      randaugment_magnitude: RandAugment's magnitude, 0..10.
+      mixup_alpha: > 0: mixup with Beta(alpha, alpha) weights (soft labels).
+      cutmix_alpha: > 0: CutMix with Beta(alpha, alpha) areas (soft labels).
+      skip_bad_records: skip damaged files' rest and undecodable images (logged and
+        counted) instead of stopping.
 
     Returns:
       A dataset of `(images [batch_size, image_size, image_size, 3] dtype, normalised;
-      labels int32 [batch_size])`.
+      labels)`: labels are int32 `[batch_size]`, or float32 `[batch_size, num_classes]`
+      (soft: one-hot mixed) when mixup or CutMix is on.
 
     Raises:
       ValueError: when `files` is empty or holds fewer records than one step needs, or
@@ -215,68 +236,160 @@ def train_dataset(
     _check_enough_records(files, records_per_step * (num_pipelines if shard_files else 1))
 
     file_names = tf.constant(list(files))
+    file_sizes = tf.constant(records.file_sizes(files), tf.int64)
     run_key = tf.constant([seed, 0], tf.int64)
+    mixes = mixup_alpha > 0 or cutmix_alpha > 0
+    # Mixing is done in float32 on whole batches; the cast to `dtype` follows it.
+    example_dtype = tf.float32 if mixes else dtype
 
-    def fold_in(key: tf.Tensor, *data: int | tf.Tensor) -> tf.Tensor:
-        for value in data:
-            key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
-        return key
-
-    def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
-        """One epoch's records of this pipeline as `(augmentation seed, record, file)`."""
-        epoch_key = fold_in(run_key, epoch)
-        # The same key on every pipeline: they must agree on the order they deal from.
-        file_order = tf.random.experimental.stateless_shuffle(
-            file_names, fold_in(epoch_key, _FILE_ORDER)
-        )
-        files_dataset = tf.data.Dataset.from_tensor_slices(file_order)
-        if shard_files:
-            files_dataset = files_dataset.shard(num_pipelines, pipeline_id)
-        records = _records_with_filenames(files_dataset)
-        if batches_per_epoch is None:
-            # Batching the serialised records with drop_remainder cuts the epoch to
-            # whole steps (of all pipelines that share the stream) before decoding.
-            records = records.batch(records_per_step, drop_remainder=True).unbatch()
-        if shard_records:
-            records = records.shard(num_pipelines, pipeline_id)
-        if batches_per_epoch is not None:
-            records = records.repeat().take(batches_per_epoch * batch_size)
-
-        pipeline_key = fold_in(epoch_key, _PIPELINE, pipeline_id)
-        shuffle_seed = tf.random.stateless_uniform(
-            [], fold_in(pipeline_key, _RECORD_ORDER), minval=0, maxval=2**31 - 1, dtype=tf.int64
-        )
-        records = records.shuffle(shuffle_buffer, seed=shuffle_seed)
-        # Number the records before skipping so resumed examples keep their seeds.
-        records = records.enumerate()
-        skip_records = tf.where(tf.equal(epoch, start_epoch), skip_batches * batch_size, 0)
-        records = records.skip(tf.cast(skip_records, tf.int64))
-        augmentation_key = fold_in(pipeline_key, _AUGMENTATION)
-        return records.map(
-            lambda index, record_and_file: (fold_in(augmentation_key, index), *record_and_file)
-        )
-
-    def preprocess(example_seed: tf.Tensor, record: tf.Tensor, filename: tf.Tensor):
+    def preprocess(key: tf.Tensor, position: tf.Tensor, record: tf.Tensor, filename: tf.Tensor):
         example = decode.parse_record(
-            record, filename, label_offset=label_offset, num_classes=num_classes
+            record,
+            filename,
+            label_offset=label_offset,
+            num_classes=num_classes,
+            schema=schema,
+            check_label=False,
         )
-        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
+        seeds = tf.random.experimental.stateless_split(_fold_in(key, position), 5)
         image = augment.decode_and_random_crop(
-            example['encoded'],
+            decode.check_image(example['encoded'], filename),
             example['bbox'],
-            crop_seed,
+            seeds[_CROP],
             image_size=image_size,
             area_range=area_range,
             aspect_ratio_range=aspect_ratio_range,
+            flip=augment.flip_decision(seeds[_FLIP]) if random_flip else None,
         )
-        if random_flip:
-            image = augment.random_flip(image, flip_seed)
-        return augment.normalize(image, dtype), example['label']
+        if randaugment_layers:
+            image = randaugment.randaugment(
+                _to_uint8(image),
+                seeds[_RANDAUGMENT],
+                num_layers=randaugment_layers,
+                magnitude=randaugment_magnitude,
+            )
+        if color_jitter:
+            image = augment.color_jitter(tf.cast(image, tf.float32), seeds[_COLOR], color_jitter)
+        if pca_lighting:
+            image = augment.pca_lighting(tf.cast(image, tf.float32), seeds[_LIGHTING], pca_lighting)
+        image = augment.normalize(image, example_dtype)
+        return image, example['label'], example['stored_label'], position, filename
 
-    dataset = tf.data.Dataset.range(start_epoch, _EPOCH_LIMIT).flat_map(epoch_records)
-    dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+    def finish_batch(key, batch_index, images, labels, stored_labels, positions, filenames):
+        # One range check per batch; it runs after bad records are skipped, so a bad
+        # label stops the run even with `skip_bad_records`.
+        labels = decode.check_labels(
+            labels, stored_labels, filenames, label_offset=label_offset, num_classes=num_classes
+        )
+        if mixes:
+            images, labels = mixing.mix_batch(
+                images,
+                labels,
+                _fold_in(key, batch_index),
+                num_classes=num_classes,
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+            )
+            images = tf.cast(images, dtype)
+        return images, labels, positions
+
+    def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
+        """One epoch of this pipeline's batches."""
+        epoch_key = _fold_in(run_key, epoch)
+        # The same key on every pipeline: they must agree on the order they deal from.
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(len(files)), _fold_in(epoch_key, _FILE_ORDER)
+        )
+        files_dataset = tf.data.Dataset.from_tensor_slices(
+            (tf.gather(file_names, order), tf.gather(file_sizes, order))
+        )
+        if shard_files:
+            files_dataset = files_dataset.shard(num_pipelines, pipeline_id)
+        stream = records.read_files(
+            files_dataset, skip_bad_records=skip_bad_records, cycle_length=_INTERLEAVE_CYCLE
+        )
+        if batches_per_epoch is None:
+            # Batching the serialised records with drop_remainder cuts the epoch to
+            # whole steps (of all pipelines that share the stream) before decoding.
+            stream = stream.batch(records_per_step, drop_remainder=True).unbatch()
+        if shard_records:
+            stream = stream.shard(num_pipelines, pipeline_id)
+        if batches_per_epoch is not None:
+            # Taken before the shuffle, so that its buffer never holds more than the
+            # epoch. Skipped records would shorten the epoch: take a margin for them.
+            needed = batches_per_epoch * batch_size
+            margin = needed // 100 + batch_size if skip_bad_records else 0
+            stream = stream.repeat().take(needed + margin)
+
+        pipeline_key = _fold_in(epoch_key, _PIPELINE, pipeline_id)
+        shuffle_seed = tf.random.stateless_uniform(
+            [], _fold_in(pipeline_key, _RECORD_ORDER), minval=0, maxval=2**31 - 1, dtype=tf.int64
+        )
+        stream = stream.shuffle(shuffle_buffer, seed=shuffle_seed)
+        # Number the records before skipping so resumed examples keep their seeds.
+        stream = stream.enumerate()
+        first_batch = tf.where(tf.equal(epoch, start_epoch), skip_batches, 0)
+        stream = stream.skip(tf.cast(first_batch * batch_size, tf.int64))
+        augmentation_key = _fold_in(pipeline_key, _AUGMENTATION)
+        examples = stream.map(
+            lambda position, record_and_file: preprocess(
+                augmentation_key, position, *record_and_file
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if skip_bad_records:
+            examples = examples.ignore_errors(log_warning=True)
+        if skip_bad_records and batches_per_epoch is not None:
+            examples = examples.take(
+                tf.cast((batches_per_epoch - first_batch) * batch_size, tf.int64)
+            )
+        batches = examples.batch(batch_size, drop_remainder=True)
+        batches = batches.enumerate(start=tf.cast(first_batch, tf.int64))
+        mixing_key = _fold_in(pipeline_key, _MIXING)
+        batches = batches.map(lambda index, batch: finish_batch(mixing_key, index, *batch))
+        if skip_bad_records:
+            batches = _count_skipped(batches, epoch, first_batch * batch_size, batch_size)
+        return batches.map(lambda images, labels, positions: (images, labels))
+
+    dataset = tf.data.Dataset.range(start_epoch, _EPOCH_LIMIT).flat_map(epoch_batches)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _count_skipped(
+    batches: tf.data.Dataset, epoch: tf.Tensor, first_position: tf.Tensor, batch_size: int
+) -> tf.data.Dataset:
+    """Logs a running count of one epoch's skipped records whenever it grows.
+
+    Examples are numbered before decoding, so the records skipped up to the end of a
+    batch are its last number, plus one, minus the examples delivered so far.
+    """
+    first_position = tf.cast(first_position, tf.int64)
+
+    def count(state, batch):
+        delivered, reported = state
+        images, labels, positions = batch
+        delivered += batch_size
+        skipped = positions[-1] + 1 - first_position - delivered
+        report = tf.cond(
+            skipped > reported,
+            lambda: tf.print(
+                'input_pipeline: skipped',
+                skipped,
+                'bad records so far in epoch',
+                epoch,
+                '(up to example',
+                positions[-1],
+                'of the epoch)',
+            ),
+            tf.no_op,
+        )
+        with tf.control_dependencies([report]):
+            skipped = tf.identity(skipped)
+        return (delivered, skipped), batch
+
+    zero = tf.constant(0, tf.int64)
+    return batches.scan((zero, zero), count)
 
 
 def eval_dataset(
@@ -290,6 +403,8 @@ def eval_dataset(
     crop_fraction: float = augment.CENTER_CROP_FRACTION,
     dtype: tf.DType = tf.float32,
     input_context: tf.distribute.InputContext | None = None,
+    schema: formats.RecordSchema = formats.SLIM_SCHEMA,
+    skip_bad_records: bool = False,
 ) -> tf.data.Dataset:
     """Builds the evaluation stream: every example once, then zero-weight padding.
 
@@ -300,16 +415,20 @@ def eval_dataset(
     by `weights` count each example exactly once.
 
     Args:
-      files: validation TFRecord paths (see `list_files`).
+      files: validation TFRecord paths (see `formats.find_dataset`).
       batch_size: examples per batch, per replica.
       image_size: side of the square images.
       num_classes: number of classes; out-of-range labels stop the pipeline.
-      num_examples: records in `files` (see `count_examples`). A different count
-        stops the pipeline with an error rather than dropping or inventing examples.
+      num_examples: records in `files` (see `count_examples`, with the same
+        `skip_bad_records`). A different count stops the pipeline with an error rather
+        than dropping or inventing examples.
       label_offset: subtracted from stored labels (1 for the slim layout).
       crop_fraction: central crop side as a fraction of the shorter image side.
       dtype: dtype of the images.
       input_context: from `strategy.distribute_datasets_from_function`, or None.
+      schema: the record keys.
+      skip_bad_records: give undecodable images weight 0 (logged) instead of stopping;
+        damaged files' unreadable rest is not read (as `count_examples` counts).
 
     Returns:
       A finite dataset of `(images [batch_size, image_size, image_size, 3] dtype,
@@ -320,24 +439,79 @@ def eval_dataset(
     own_examples = len(range(pipeline_id, num_examples, num_pipelines))
     padded_examples = num_steps * replicas_per_pipeline * batch_size
 
-    records = _records_with_filenames(tf.data.Dataset.from_tensor_slices(list(files)))
-    records = records.shard(num_pipelines, pipeline_id)
-    records = records.apply(tf.data.experimental.assert_cardinality(own_examples))
+    stream = records.read_files(
+        records.file_table(files), skip_bad_records=skip_bad_records, cycle_length=_INTERLEAVE_CYCLE
+    )
+    stream = stream.shard(num_pipelines, pipeline_id)
+    stream = stream.apply(tf.data.experimental.assert_cardinality(own_examples))
+
+    def center_crop(encoded: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
+        image = augment.decode_and_center_crop(
+            decode.check_image(encoded, filename),
+            image_size=image_size,
+            crop_fraction=crop_fraction,
+        )
+        return augment.normalize(image, dtype)
 
     def preprocess(record: tf.Tensor, filename: tf.Tensor):
         example = decode.parse_record(
-            record, filename, label_offset=label_offset, num_classes=num_classes
+            record, filename, label_offset=label_offset, num_classes=num_classes, schema=schema
         )
-        image = augment.decode_and_center_crop(
-            example['encoded'], image_size=image_size, crop_fraction=crop_fraction
+        if not skip_bad_records:
+            return center_crop(example['encoded'], filename), example['label'], tf.constant(1.0)
+        # A dataset that drops a failing decode is the graph's only try/except; it costs
+        # a few hundred microseconds per image, paid only in this mode.
+        attempt = tf.data.Dataset.from_tensors((example['encoded'], filename))
+        attempt = attempt.map(lambda encoded, name: (center_crop(encoded, name), True))
+        fallback = (tf.zeros([image_size, image_size, 3], dtype), False)
+        attempt = attempt.ignore_errors().concatenate(tf.data.Dataset.from_tensors(fallback))
+        image, decoded = attempt.take(1).get_single_element()
+        report = tf.cond(
+            decoded,
+            tf.no_op,
+            lambda: tf.print(
+                tf.strings.join(
+                    ['input_pipeline: evaluating without an undecodable image in ', filename]
+                )
+            ),
         )
-        return augment.normalize(image, dtype), example['label'], tf.constant(1.0)
+        with tf.control_dependencies([report]):
+            weight = tf.cast(decoded, tf.float32)
+        return image, tf.where(decoded, example['label'], 0), weight
 
-    examples = records.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    padding = tf.data.Dataset.from_tensors(
-        (tf.zeros([image_size, image_size, 3], dtype), tf.constant(0), tf.constant(0.0))
-    ).repeat(padded_examples - own_examples)
-    dataset = examples.concatenate(padding).batch(batch_size, drop_remainder=True)
+    # Batching right after the map lets tf.data write each image straight into its
+    # batch (map-and-batch fusion); the last, partial batch is padded on its own.
+    batches = stream.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    batches = batches.batch(batch_size)
+
+    def pad_batch(images, labels, weights):
+        missing = batch_size - tf.shape(labels)[0]
+
+        def padded():
+            return (
+                tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]]),
+                tf.pad(labels, [[0, missing]]),
+                tf.pad(weights, [[0, missing]]),
+            )
+
+        images, labels, weights = tf.cond(missing > 0, padded, lambda: (images, labels, weights))
+        # Static batch shapes, as `drop_remainder` would give, for XLA and TPU.
+        return (
+            tf.ensure_shape(images, [batch_size, image_size, image_size, 3]),
+            tf.ensure_shape(labels, [batch_size]),
+            tf.ensure_shape(weights, [batch_size]),
+        )
+
+    zeros = (
+        tf.zeros([batch_size, image_size, image_size, 3], dtype),
+        tf.zeros([batch_size], tf.int32),
+        tf.zeros([batch_size], tf.float32),
+    )
+    real_batches = -(-own_examples // batch_size)
+    padding = tf.data.Dataset.from_tensors(zeros).repeat(
+        padded_examples // batch_size - real_batches
+    )
+    dataset = batches.map(pad_batch).concatenate(padding)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -347,6 +521,7 @@ def synthetic_dataset(
     image_size: int,
     num_classes: int,
     dtype: tf.DType = tf.float32,
+    soft_labels: bool = False,
 ) -> tf.data.Dataset:
     """Repeats one random batch forever, to measure the model without the input cost.
 
@@ -355,13 +530,16 @@ def synthetic_dataset(
       image_size: side of the square images.
       num_classes: labels are drawn from `[0, num_classes)`.
       dtype: dtype of the images.
+      soft_labels: labels as float32 one-hot rows, the shape mixup and CutMix give.
 
     Returns:
       An endless dataset of `(images [batch_size, image_size, image_size, 3] dtype,
-      labels int32 [batch_size])`.
+      labels int32 [batch_size] or float32 [batch_size, num_classes])`.
     """
     images = tf.random.stateless_normal([batch_size, image_size, image_size, 3], seed=[0, 0])
     labels = tf.random.stateless_uniform(
         [batch_size], seed=[0, 1], minval=0, maxval=num_classes, dtype=tf.int32
     )
+    if soft_labels:
+        labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
     return tf.data.Dataset.from_tensors((tf.cast(images, dtype), labels)).repeat()

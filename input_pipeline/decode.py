@@ -1,16 +1,22 @@
 """Parses ImageNet TFRecords and decodes their images to RGB.
 
-The records follow the Inception / TF-slim `build_imagenet_data.py` layout (the TPU
-`imagenet_to_gcs.py` script writes the same keys). We parse them with our own feature
-spec rather than a dataset library so that the trainer controls two things a library
-hides: the label check, which must name the file that holds a bad label, and the JPEG
-bytes, which `augment.py` decodes only inside the crop window.
+The records follow one of the schemas of `formats.py` (the Inception / TF-slim keys,
+which the TPU `imagenet_to_gcs.py` script also writes, or TFDS's `image`/`label`). We
+parse them with our own feature spec rather than a dataset library so that the trainer
+controls two things a library hides: the checks, which must name the file that holds a
+bad label or a bad image, and the JPEG bytes, which `augment.py` decodes only inside the
+crop window.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from input_pipeline import formats
+
+_BOX_KEYS = tuple(f'image/object/bbox/{name}' for name in ('ymin', 'xmin', 'ymax', 'xmax'))
+
+# The slim feature spec, kept under its old name for readers of the slim layout.
 FEATURES = {
     'image/encoded': tf.io.FixedLenFeature([], tf.string),
     # 1..1000 in the slim and TPU layouts; 0 is unused (it was "background").
@@ -21,11 +27,65 @@ FEATURES = {
     'image/height': tf.io.FixedLenFeature([], tf.int64, default_value=0),
     'image/width': tf.io.FixedLenFeature([], tf.int64, default_value=0),
     # Human-annotated boxes (fractions of the image), present on some train images.
-    'image/object/bbox/xmin': tf.io.VarLenFeature(tf.float32),
-    'image/object/bbox/ymin': tf.io.VarLenFeature(tf.float32),
-    'image/object/bbox/xmax': tf.io.VarLenFeature(tf.float32),
-    'image/object/bbox/ymax': tf.io.VarLenFeature(tf.float32),
+    # Parsed dense (a missing list is empty), which is cheaper than sparse + to_dense.
+    **{key: tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True) for key in _BOX_KEYS},
 }
+
+# The leading bytes of the formats `decode_rgb` reads besides JPEG (`is_jpeg` knows it).
+_SIGNATURES = (b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'BM')
+# JPEG's end-of-image marker. Entropy-coded data never contains it (0xFF is stuffed
+# there), so a JPEG that does not end with it was cut short, or has data appended.
+_JPEG_END = b'\xff\xd9'
+# A 1x1 black PNG: what `as_jpeg` decodes and re-encodes in place of a JPEG.
+_BLANK_PNG = (
+    b'\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00'
+    b'\x00\x00\x90wS\xde\x00\x00\x00\x0cIDAT\x08\x99c```\x00\x00\x00\x04\x00\x01\xa3\n\x15'
+    b'\xe3\x00\x00\x00\x00IEND\xaeB`\x82'
+)
+# Near-lossless (no chroma subsampling): a re-encoded image differs by a level or two.
+_REENCODE_QUALITY = 100
+
+
+def _feature_spec(schema: formats.RecordSchema) -> dict:
+    if schema == formats.SLIM_SCHEMA:
+        return {
+            key: FEATURES[key] for key in FEATURES if key not in ('image/height', 'image/width')
+        }
+    return {
+        schema.image_key: tf.io.FixedLenFeature([], tf.string),
+        schema.label_key: tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def check_labels(
+    labels: tf.Tensor,
+    stored_labels: tf.Tensor,
+    filenames: tf.Tensor,
+    *,
+    label_offset: int,
+    num_classes: int,
+) -> tf.Tensor:
+    """Returns `labels` once all are in `[0, num_classes)`; otherwise fails, naming a file.
+
+    Works on one label or a batch: a batch costs one check instead of one per example.
+
+    Raises:
+      tf.errors.InvalidArgumentError: (at run time) with "label out of range", the first
+        bad stored label and its file in the message.
+    """
+    in_range = tf.logical_and(labels >= 0, labels < num_classes)
+    first_bad = tf.argmin(tf.reshape(tf.cast(in_range, tf.int32), [-1]))
+    message = tf.strings.join(
+        [
+            'label out of range: stored label ',
+            tf.strings.as_string(tf.reshape(stored_labels, [-1])[first_bad]),
+            f' minus label_offset {label_offset} is not in [0, {num_classes}) in file ',
+            tf.reshape(filenames, [-1])[first_bad],
+        ]
+    )
+    check = tf.debugging.Assert(tf.reduce_all(in_range), [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(labels)
 
 
 def parse_record(
@@ -34,8 +94,10 @@ def parse_record(
     *,
     label_offset: int = 1,
     num_classes: int = 1000,
+    schema: formats.RecordSchema = formats.SLIM_SCHEMA,
+    check_label: bool = True,
 ) -> dict[str, tf.Tensor]:
-    """Parses one serialized `tf.train.Example` in the slim ImageNet layout.
+    """Parses one serialized `tf.train.Example`.
 
     A label outside `[0, num_classes)` after the offset fails the pipeline instead of
     being clipped or wrapped: a wrong offset or a mismatched `num_classes` would
@@ -49,48 +111,106 @@ def parse_record(
       label_offset: subtracted from the stored label (1 for the slim and TPU layouts,
         whose labels run 1..1000; 0 for layouts with 0-based labels).
       num_classes: number of classes the model predicts.
+      schema: the record keys (`formats.SLIM_SCHEMA` or `formats.TFDS_SCHEMA`).
+      check_label: False to leave the range check to the caller (the train pipeline
+        checks whole batches with `check_labels`, after skipping bad records).
 
     Returns:
       A dict with `encoded` (scalar string, the image bytes), `label` (int32, 0-based),
-      `bbox` (float32 `[N, 4]` as (ymin, xmin, ymax, xmax), N may be 0), `synset` and
-      `text` (scalar strings, empty when absent).
+      `stored_label` (int64, as stored), `bbox` (float32 `[N, 4]` as (ymin, xmin, ymax,
+      xmax), N may be 0), `synset` and `text` (scalar strings, empty when absent).
 
     Raises:
       tf.errors.InvalidArgumentError: when the label is out of range (at run time: inside
         `tf.data` the error surfaces from the iterator). The message contains
         "label out of range", the stored label and the file name.
     """
-    features = tf.io.parse_single_example(serialized, FEATURES)
-    stored_label = features['image/class/label']
+    features = tf.io.parse_single_example(serialized, _feature_spec(schema))
+    stored_label = features[schema.label_key]
     label = stored_label - label_offset
-    in_range = tf.logical_and(label >= 0, label < num_classes)
-    check = tf.debugging.Assert(
-        in_range,
-        [
-            'label out of range: stored label',
-            stored_label,
-            f'minus label_offset {label_offset} is not in [0, {num_classes}); file',
-            filename,
-        ],
-    )
-    with tf.control_dependencies([check]):
-        label = tf.identity(label)
-
-    def coordinate(name: str) -> tf.Tensor:
-        return tf.sparse.to_dense(features[f'image/object/bbox/{name}'])
-
-    # The order (ymin, xmin, ymax, xmax) is the one tf.image's box ops expect.
-    bbox = tf.stack(
-        [coordinate('ymin'), coordinate('xmin'), coordinate('ymax'), coordinate('xmax')],
-        axis=-1,
-    )
+    if check_label:
+        label = check_labels(
+            label, stored_label, filename, label_offset=label_offset, num_classes=num_classes
+        )
+    if schema.has_boxes:
+        # The order (ymin, xmin, ymax, xmax) is the one tf.image's box ops expect.
+        bbox = tf.stack([features[key] for key in _BOX_KEYS], axis=-1)
+    else:
+        bbox = tf.zeros([0, 4])
+    empty = tf.constant('')
     return {
-        'encoded': features['image/encoded'],
+        'encoded': features[schema.image_key],
         'label': tf.cast(label, tf.int32),
+        'stored_label': stored_label,
         'bbox': tf.reshape(bbox, [-1, 4]),
-        'synset': features['image/class/synset'],
-        'text': features['image/class/text'],
+        'synset': features.get('image/class/synset', empty),
+        'text': features.get('image/class/text', empty),
     }
+
+
+def image_problem(encoded: tf.Tensor) -> tf.Tensor:
+    """Says cheaply, without decoding, what is wrong with an image's bytes ('' if nothing).
+
+    Catches what decoders report without naming the record: bytes of no image format
+    at all (an HTML error page saved as .JPEG, an empty file) and JPEGs cut short (a
+    partial download), which lack the end-of-image marker. A JPEG with data appended
+    after its end (some cameras append a second image or a video) looks the same and
+    is refused too: re-encode such images, or read them with `skip_bad_records`, which
+    does not call this (and skips only what fails to decode).
+
+    Args:
+      encoded: scalar string tensor.
+
+    Returns:
+      Scalar string: '' for a readable image, else a short description.
+    """
+    is_jpeg = tf.io.is_jpeg(encoded)
+    known = tf.reduce_any(
+        [tf.strings.substr(encoded, 0, len(signature)) == signature for signature in _SIGNATURES]
+    )
+    end = tf.strings.substr(encoded, tf.maximum(tf.strings.length(encoded) - 2, 0), 2)
+    return tf.where(
+        tf.logical_not(tf.logical_or(is_jpeg, known)),
+        'not a JPEG, PNG, GIF or BMP image',
+        tf.where(
+            tf.logical_and(is_jpeg, tf.not_equal(end, _JPEG_END)),
+            'a JPEG without its end marker (cut short, or with data appended)',
+            '',
+        ),
+    )
+
+
+def check_image(encoded: tf.Tensor, filename: tf.Tensor | str) -> tf.Tensor:
+    """Returns `encoded` once `image_problem` finds nothing; otherwise fails naming the file.
+
+    Raises:
+      tf.errors.InvalidArgumentError: (at run time) "undecodable image in FILE: ...".
+    """
+    problem = image_problem(encoded)
+    message = tf.strings.join(['undecodable image in ', filename, ': ', problem])
+    check = tf.debugging.Assert(tf.equal(problem, ''), [message])
+    with tf.control_dependencies([check]):
+        return tf.identity(encoded)
+
+
+def as_jpeg(encoded: tf.Tensor) -> tf.Tensor:
+    """Returns JPEG bytes: `encoded` itself, or a PNG, GIF or BMP decoded and re-encoded.
+
+    No control flow: every call decodes and re-encodes an image, a 1x1 PNG standing in
+    when `encoded` already is a JPEG, which costs less than a `tf.cond` in tf.data.
+
+    Args:
+      encoded: scalar string tensor.
+
+    Returns:
+      Scalar string tensor of JPEG bytes.
+    """
+    is_jpeg = tf.io.is_jpeg(encoded)
+    other = tf.io.decode_image(
+        tf.where(is_jpeg, _BLANK_PNG, encoded), channels=3, expand_animations=False
+    )
+    reencoded = tf.io.encode_jpeg(other, quality=_REENCODE_QUALITY, chroma_downsampling=False)
+    return tf.where(is_jpeg, encoded, reencoded)
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
@@ -98,10 +218,10 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
 
     ImageNet's JPEGs include grayscale and CMYK images, and one train image is a PNG
     under a `.JPEG` name. `channels=3` makes libjpeg convert grayscale and CMYK to RGB;
-    `is_jpeg` sends anything else to the PNG decoder.
+    `is_jpeg` sends anything else to the general decoder (PNG, GIF, BMP).
 
     Args:
-      encoded: scalar string tensor, JPEG or PNG bytes.
+      encoded: scalar string tensor, JPEG, PNG, GIF or BMP bytes.
 
     Returns:
       uint8 tensor `[height, width, 3]`.
@@ -109,5 +229,5 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
     return tf.cond(
         tf.io.is_jpeg(encoded),
         lambda: tf.io.decode_jpeg(encoded, channels=3),
-        lambda: tf.io.decode_png(encoded, channels=3),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
     )

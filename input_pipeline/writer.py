@@ -188,6 +188,35 @@ def write_tfrecords(
     return written
 
 
+def write_shard(examples: Iterable[Example | Mapping[str, Any]], path: str) -> int:
+    """Writes one shard file, under a hidden temporary name until it is complete.
+
+    A crash leaves no file under `path`, so a builder that skips existing shards on a
+    rerun never keeps a partial one.
+
+    Args:
+      examples: `Example`s or mappings with the same fields.
+      path: the shard's final path.
+
+    Returns:
+      The number of examples written.
+    """
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, f'.{name}.incomplete')
+    count = 0
+    try:
+        with tf.io.TFRecordWriter(temporary) as records:
+            for example in examples:
+                records.write(serialize_example(example))
+                count += 1
+    except BaseException:
+        if tf.io.gfile.exists(temporary):
+            tf.io.gfile.remove(temporary)
+        raise
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+    return count
+
+
 def _as_jpeg(data: bytes, path: str) -> tuple[bytes, int, int]:
     """Returns JPEG bytes and the (height, width) of an image file's contents.
 

@@ -313,3 +313,136 @@ def test_batch_norm_momentum_sets_the_moving_average_decay(momentum):
     np.testing.assert_allclose(
         first_bn.moving_mean.numpy(), (1 - momentum) * batch_mean, rtol=1e-4, atol=1e-6
     )
+
+
+# --- The memory-efficient variant (densenet/recompute.py). -----------------------
+
+
+def _weight_key(weight) -> str:
+    """'layer/variable': Keras 3's path or Keras 2's name, without outer scopes."""
+    name = (getattr(weight, 'path', None) or weight.name).split(':')[0]
+    return '/'.join(name.split('/')[-2:])
+
+
+def _randomise_batch_norm(model, rng):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, c).astype(np.float32),
+                    rng.normal(0.0, 0.1, c).astype(np.float32),
+                    rng.normal(0.0, 0.2, c).astype(np.float32),
+                    rng.uniform(0.5, 2.0, c).astype(np.float32),
+                ]
+            )
+
+
+@pytest.fixture()
+def plain_and_efficient():
+    """densenet_bc_16_4 (two dense layers a block), plain and memory-efficient, same weights."""
+    kwargs = dict(num_classes=10, image_size=16)
+    plain = create_model('densenet_bc_16_4', **kwargs)
+    efficient = create_model('densenet_bc_16_4', memory_efficient=True, **kwargs)
+    _randomise_batch_norm(plain, np.random.default_rng(0))
+    efficient.set_weights(plain.get_weights())
+    images = np.random.default_rng(1).normal(size=(4, 16, 16, 3)).astype(np.float32)
+    return plain, efficient, images
+
+
+def test_memory_efficient_has_the_plain_weights(ours121):
+    efficient = create_model('densenet121', memory_efficient=True)
+    assert [_weight_key(w) for w in efficient.weights] == [_weight_key(w) for w in ours121.weights]
+    assert [tuple(w.shape) for w in efficient.weights] == [tuple(w.shape) for w in ours121.weights]
+    assert efficient.count_params() == 8_062_504
+    assert _num_params(efficient.trainable_weights) == 7_978_856
+    # The dense blocks and transitions are recomputed; the stem and classifier are not.
+    recomputed = [l for l in efficient.layers if 'recomputed' in l.name]
+    assert [l.name for l in recomputed] == [f'conv{i}_recomputed' for i in (2, 3, 4, 5)]
+
+
+def test_memory_efficient_inference_equals_plain(plain_and_efficient):
+    plain, efficient, images = plain_and_efficient
+    np.testing.assert_array_equal(
+        efficient(images, training=False).numpy(), plain(images, training=False).numpy()
+    )
+
+
+def _train_step(model, images):
+    labels = tf.constant([0, 3, 7, 9])
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    return step()
+
+
+def test_memory_efficient_gradients_equal_plain(plain_and_efficient):
+    plain, efficient, images = plain_and_efficient
+    plain_loss, plain_gradients = _train_step(plain, images)
+    loss, gradients = _train_step(efficient, images)
+    assert float(loss) == pytest.approx(float(plain_loss), rel=1e-6)
+    assert len(gradients) == len(plain_gradients) == len(plain.trainable_variables)
+    for got, want in zip(gradients, plain_gradients):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_memory_efficient_updates_moving_statistics_once_per_step(plain_and_efficient):
+    plain, efficient, images = plain_and_efficient
+    first = efficient.layers[2].layers[0]  # conv2_block1_0_bn, inside the recomputed block.
+    assert first.name == 'conv2_block1_0_bn'
+    before = first.moving_mean.numpy().copy()
+    _train_step(plain, images)
+    _train_step(efficient, images)  # Forward and backward: the backward recomputes.
+    # Once: the textbook moving average of the batch mean of its input (the stem conv's
+    # output), and every statistic as the plain model's.
+    batch_mean = np.mean(efficient.get_layer('conv1_conv')(images).numpy(), axis=(0, 1, 2))
+    np.testing.assert_allclose(
+        first.moving_mean.numpy(), 0.99 * before + 0.01 * batch_mean, rtol=1e-5, atol=1e-6
+    )
+    for got, want in zip(efficient.weights, plain.weights):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_memory_efficient_mixed_precision(photo):
+    kwargs = dict(num_classes=10, image_size=32, compute_dtype='bfloat16', dropout_rate=0.2)
+    plain = create_model('densenet_bc_16_4', **kwargs)
+    efficient = create_model('densenet_bc_16_4', memory_efficient=True, **kwargs)
+    efficient.set_weights(plain.get_weights())
+    images = tf.image.resize(photo, (32, 32))
+    logits = efficient(images, training=False)
+    assert logits.dtype == tf.float32
+    np.testing.assert_array_equal(logits.numpy(), plain(images, training=False).numpy())
+    _, gradients = _train_step(efficient, tf.repeat(images, 4, axis=0))
+    assert all(np.all(np.isfinite(g.numpy())) for g in gradients)
+
+
+def test_recomputation_reuses_the_dropout_masks():
+    from densenet import recompute
+
+    block = recompute.RecomputedDenseBlock(
+        8, 2, 4, prefix='conv2', transition='pool2', dropout_rate=0.3
+    )
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.normal(size=(2, 6, 6, 8)).astype(np.float32))
+    projection = tf.constant(rng.normal(size=(2, 6, 6, 8)).astype(np.float32))
+    # Training draws new masks on every call...
+    assert not np.allclose(block(images, training=True), block(images, training=True))
+
+    def gradients(recompute):
+        block.recompute = recompute
+        tf.random.set_seed(7)
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            loss = tf.reduce_sum(block(images, training=True) * projection)
+        return tape.gradient(loss, [images] + block.trainable_variables)
+
+    # ...and the backward pass's recomputation reuses the forward pass's: the gradients
+    # equal those of the same block run without recomputation.
+    for got, want in zip(gradients(True), gradients(False)):
+        assert float(tf.reduce_max(tf.abs(want))) > 0
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)

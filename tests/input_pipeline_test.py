@@ -199,11 +199,15 @@ def test_png_under_jpeg_name(run, photos):
     chelsea = photos['chelsea']
     png = tf.constant(encode(chelsea, 'PNG'))
     np.testing.assert_array_equal(run(decode.decode_rgb, png), chelsea)
-    # Lossless input: the eval crop at its native size (262 = int(0.875 * 300)) is
-    # exactly the numpy slice, which pins the window to the pixel (451 - 262 is odd, so
-    # the rounding of the offset shows).
-    crop = run(lambda e: augment.decode_and_center_crop(e, image_size=262), png)
-    np.testing.assert_array_equal(crop, reference_center_crop(chelsea, 262))
+    # The crop kernels re-encode it as a near-lossless JPEG. The eval crop at its native
+    # size (262 = int(0.875 * 300)) is then the numpy slice within a level or two; a
+    # window one pixel off would differ by ~8 (451 - 262 is odd, so the rounding of the
+    # offset shows).
+    crop = run(lambda e: augment.decode_and_center_crop(e, image_size=262), png).numpy()
+    assert np.abs(crop - reference_center_crop(chelsea, 262)).mean() < 2
+    # (451 - 262) / 2 = 94.5 rounds to 95; the window starting at 94 is the wrong one.
+    shifted = chelsea[19 : 19 + 262, 94 : 94 + 262]
+    assert np.abs(crop - shifted).mean() > 5
     image = run(
         lambda e: augment.decode_and_random_crop(
             e, tf.zeros([0, 4]), tf.constant([1, 2]), image_size=32

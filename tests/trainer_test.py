@@ -34,7 +34,7 @@ def test_l2_term_matches_formula_and_skips_batch_norm():
     np.testing.assert_allclose(gradient.numpy(), 1e-4 * variables[0].numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize('name', schedules.SCHEDULES)
+@pytest.mark.parametrize('name', ['steps', 'linear', 'exponential', 'cosine'])
 def test_schedule_matches_formula(name):
     spe, total, initial, final = 10, 900, 0.05, 1e-5
     schedule = schedules.EpochSchedule(

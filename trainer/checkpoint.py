@@ -1,25 +1,132 @@
-"""Checkpoints of the training state, and resuming from the newest one.
+"""Checkpoints of the training state; resuming from the newest usable one.
 
-The state is the model and the optimizer (its slots and its step counter, which is
-the global step). The epoch and the position in the epoch's data are *derived* from
-the global step and the steps per epoch, so they can never disagree with it; the data
-order and the augmentations are functions of (seed, epoch, example index), so there is
-no random-generator state to store.
+What a checkpoint holds, and why nothing else is needed for an exact resume:
+
+- the model (weights and batch-norm statistics) and the optimizer (its slots and its
+  step counter `iterations`, which *is* the global step);
+- whatever else the caller passes as extra trackables (a loss scaler, EMA weights);
+- nothing about the data or random numbers. The epoch and the position inside it are
+  *derived* from the global step and the steps per epoch (`divmod`), so they can never
+  disagree with the weights they belong to; the data order and the augmentations are
+  functions of (seed, epoch, example index), so there is no generator state to store.
+  Storing the epoch as well would only add a second truth to keep in step.
+
+Writing is crash-safe because `tf.train.CheckpointManager` writes the data files
+first (into a temporary folder, then renamed into place) and only afterwards updates
+the `checkpoint` state file, atomically, to name the new checkpoint. A process killed
+mid-write leaves at worst an unlisted checkpoint that nothing reads. Files damaged
+afterwards (a truncated copy, a disk error) are caught when resuming: the damaged
+checkpoint is moved to `unusable/` with a warning and the previous one is used.
 """
 
 import os
+import re
 import shutil
-from typing import Optional
+import time
+from typing import List, Optional, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
 
+from trainer import nonfinite
+
+# Errors that mean a checkpoint's files are damaged or missing, rather than that the
+# checkpoint belongs to another model (a ValueError or AssertionError, which falling
+# back would not cure). Measured on TF 2.15 and 2.21: a truncated index raises a bare
+# OpError ("not an sstable"), a truncated data file an IndexError ("Read less bytes
+# than requested") from the reader, a flipped byte DataLossError (the CRC check), a
+# missing file NotFoundError or OpError.
+_DAMAGED = (tf.errors.OpError, IndexError)
+
+UNUSABLE_FOLDER = 'unusable'
+_PREFIX = 'ckpt'
+
+
+class CheckpointError(ValueError):
+    """No usable checkpoint, or one that does not fit the model; printed as one line."""
+
+
+def _first_line(error: BaseException) -> str:
+    message = getattr(error, 'message', None) or str(error) or type(error).__name__
+    return ' '.join(message.strip().split('\n')[0].split())
+
+
+def _variables_of(trackable) -> List[tf.Variable]:
+    if isinstance(trackable, tf.Variable):
+        return [trackable]
+    variables = getattr(trackable, 'variables', None)
+    if callable(variables):  # Keras 2 optimizers: a method.
+        variables = variables()
+    return list(variables or [])
+
+
+def _step_of(prefix: str) -> Optional[int]:
+    match = re.search(r'-(\d+)$', prefix)
+    return int(match.group(1)) if match else None
+
+
+def _state_file_text(latest: str, paths: Sequence[str], timestamps: Sequence[float]) -> str:
+    """A `checkpoint` state file in the text format `CheckpointManager` writes."""
+    lines = [f'model_checkpoint_path: "{os.path.basename(latest)}"']
+    lines += [f'all_model_checkpoint_paths: "{os.path.basename(path)}"' for path in paths]
+    lines += [f'all_model_checkpoint_timestamps: {stamp!r}' for stamp in timestamps]
+    # Older than every listed checkpoint, so the manager will sweep them as usual.
+    lines.append(f'last_preserved_timestamp: {min(timestamps, default=time.time()) - 1.0!r}')
+    return '\n'.join(lines) + '\n'
+
+
+def list_checkpoints(directory: str) -> Tuple[List[str], List[float], bool]:
+    """The checkpoints in `directory`, oldest first, with their timestamps.
+
+    The `checkpoint` state file is the authority: a checkpoint it does not list may be
+    one whose writing was cut short. When that file is missing or unreadable but
+    checkpoint files are there, they are listed by their step numbers instead, so that
+    losing the small state file never loses the run.
+
+    Returns:
+      (prefixes, timestamps, from_state_file).
+    """
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except ValueError:  # A state file without a model_checkpoint_path.
+        state = None
+    if state is not None and state.model_checkpoint_path:
+        paths = list(state.all_model_checkpoint_paths)
+        stamps = list(state.all_model_checkpoint_timestamps)
+        if len(stamps) != len(paths):
+            stamps = [state.last_preserved_timestamp] * len(paths)
+        if state.model_checkpoint_path not in paths:
+            paths.append(state.model_checkpoint_path)
+            stamps.append(time.time())
+        # The newest (model_checkpoint_path) last, whatever order the list has.
+        order = sorted(
+            range(len(paths)), key=lambda i: (paths[i] == state.model_checkpoint_path, i)
+        )
+        return [paths[i] for i in order], [stamps[i] for i in order], True
+    indexes = tf.io.gfile.glob(os.path.join(directory, f'{_PREFIX}-*.index'))
+    prefixes = [index[: -len('.index')] for index in indexes]
+    prefixes = sorted((p for p in prefixes if _step_of(p) is not None), key=_step_of)
+    stamps = [tf.io.gfile.stat(p + '.index').mtime_nsec / 1e9 for p in prefixes]
+    return prefixes, stamps, False
+
 
 class CheckpointState:
-    """A `tf.train.CheckpointManager` over (model, optimizer), chief-aware.
+    """The training state in a `tf.train.CheckpointManager`: save, and resume safely.
 
     Under MultiWorkerMirroredStrategy every worker must take part in a save, but only
     the chief's files are kept: the others write to a private folder that is removed.
+    Every worker resumes from the chief's folder.
+
+    Args:
+      model: the Keras model.
+      optimizer: its optimizer; `optimizer.iterations` is the global step.
+      directory: the checkpoint folder (`model_dir/checkpoints`).
+      keep: checkpoints kept; older ones are deleted.
+      chief: whether this worker's files are kept.
+      worker_id: names the private folder of a worker that is not the chief.
+      **extra: further trackables to save and restore with the model, such as a loss
+        scaler or EMA weights (anything `tf.train.Checkpoint` accepts). Their float
+        variables are checked for NaN and infinity before every save, like the model's.
     """
 
     def __init__(
@@ -31,57 +138,183 @@ class CheckpointState:
         keep: int = 5,
         chief: bool = True,
         worker_id: int = 0,
+        **extra,
     ):
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
+        self.step_counter = optimizer.iterations
+        self._trackables = [model, optimizer, *extra.values()]
         self.chief = chief
+        self.keep = keep
+        self.root = directory
         self.directory = directory if chief else os.path.join(directory, f'.worker_{worker_id}')
+        self._make_managers()
+
+    def _make_managers(self) -> None:
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self.directory, max_to_keep=keep, step_counter=optimizer.iterations
+            self.checkpoint, self.directory, max_to_keep=self.keep, step_counter=self.step_counter
         )
         self._chief_manager = (
             self.manager
-            if chief
-            else tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
+            if self.chief
+            else tf.train.CheckpointManager(self.checkpoint, self.root, max_to_keep=self.keep)
         )
 
     @property
     def latest(self) -> Optional[str]:
+        """The newest checkpoint's prefix (`.../ckpt-1000`), or None."""
         return self._chief_manager.latest_checkpoint
 
+    def variables(self) -> List[tf.Variable]:
+        """Every float variable that a checkpoint holds (model, optimizer, extras)."""
+        found = []
+        for trackable in self._trackables:
+            found.extend(_variables_of(trackable))
+        return nonfinite.floating_variables(found)
+
     def restore_latest(self) -> Optional[str]:
-        """Restores the newest checkpoint, if any; returns its path."""
-        path = self.latest
-        if path:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
-            logging.info('Resumed from %s', path)
-        return path
+        """Restores the newest usable checkpoint, if there is any; returns its prefix.
+
+        A checkpoint whose files are damaged or missing is skipped with a warning that
+        names it, and the one before it is tried. On the chief the skipped ones are
+        moved to `unusable/` (not deleted: they may hold something worth rescuing) and
+        the state file is rewritten to list the remaining ones, so later starts, saves
+        and retention see a consistent folder.
+
+        Raises:
+          CheckpointError: there are checkpoints but none is usable, or the newest
+            usable one does not fit the model (another --model or --num_classes).
+        """
+        prefixes, stamps, from_state = list_checkpoints(self.root)
+        if prefixes and not from_state:
+            logging.warning(
+                'No readable checkpoint state file in %s; found %d checkpoints by name',
+                self.root,
+                len(prefixes),
+            )
+        damaged = []
+        for prefix in reversed(prefixes):
+            try:
+                self.checkpoint.restore(prefix).assert_existing_objects_matched()
+            except _DAMAGED as error:
+                logging.warning(
+                    'Checkpoint %s is unusable (%s); falling back to the previous one',
+                    prefix,
+                    _first_line(error),
+                )
+                damaged.append((prefix, _first_line(error)))
+                continue
+            except (AssertionError, ValueError) as error:
+                raise CheckpointError(
+                    f'checkpoint {prefix} does not fit this model (check --model and '
+                    f'--num_classes): {_first_line(error)}'
+                ) from None
+            if self.chief and (damaged or not from_state):
+                kept = [(p, s) for p, s in zip(prefixes, stamps) if p not in dict(damaged)]
+                self._set_aside([p for p, _ in damaged])
+                self._rewrite_state(prefix, kept)
+            logging.info('Resumed from %s', prefix)
+            return prefix
+        if damaged:
+            reasons = '; '.join(f'{os.path.basename(p)}: {why}' for p, why in damaged)
+            raise CheckpointError(
+                f'no usable checkpoint in {self.root} ({reasons}); move the folder away '
+                'to start afresh'
+            )
+        return None
+
+    def _set_aside(self, prefixes: Sequence[str]) -> None:
+        folder = os.path.join(self.root, UNUSABLE_FOLDER)
+        tf.io.gfile.makedirs(folder)
+        for prefix in prefixes:
+            for path in tf.io.gfile.glob(prefix + '.*'):
+                target = os.path.join(folder, os.path.basename(path))
+                tf.io.gfile.rename(path, target, overwrite=True)
+
+    def _rewrite_state(self, latest: str, kept: Sequence[Tuple[str, float]]) -> None:
+        text = _state_file_text(latest, [p for p, _ in kept], [s for _, s in kept])
+        tmp = os.path.join(self.root, f'.checkpoint.{os.getpid()}')
+        with tf.io.gfile.GFile(tmp, 'w') as stream:
+            stream.write(text)
+        tf.io.gfile.rename(tmp, os.path.join(self.root, 'checkpoint'), overwrite=True)
+        self._make_managers()
 
     def save(self, step: int) -> str:
+        """Writes a checkpoint numbered `step`; returns its prefix.
+
+        Raises:
+          nonfinite.NonFiniteError: a variable holds NaN or infinity. Nothing is written,
+            so the newest checkpoint on disk stays one a run can resume from.
+        """
+        bad = nonfinite.first_nonfinite(self.variables())
+        if bad:
+            raise nonfinite.NonFiniteError(
+                f'{bad} is not finite at step {step}; no checkpoint written (the newest, '
+                f'{self.latest or "none"}, is unaffected)'
+            )
         path = self.manager.save(checkpoint_number=step)
         if not self.chief:
             shutil.rmtree(self.directory, ignore_errors=True)
         return path
 
+    def has_checkpoint_at(self, step: int) -> bool:
+        return bool(self.latest) and _step_of(self.latest) == step
+
 
 def restore_weights(model, path: str) -> str:
-    """Loads only the model's weights from a checkpoint file prefix or directory.
+    """Loads only the model's weights from a checkpoint prefix or folder.
 
     Accepts a checkpoint prefix (`.../ckpt-1000`), a checkpoints folder or a model_dir
-    holding `checkpoints/`. Returns the prefix that was read.
+    holding `checkpoints/`. In a folder the newest checkpoint whose files are intact
+    is used (a damaged one is skipped with a warning). Returns the prefix that was read.
 
     Raises:
       FileNotFoundError: no checkpoint is found at `path`.
+      CheckpointError: the checkpoints are damaged or do not fit the model.
     """
-    prefix = path
+    candidates = [path]
     for folder in (path, os.path.join(path, 'checkpoints')):
         if tf.io.gfile.isdir(folder):
-            found = tf.train.latest_checkpoint(folder)
+            found, _, _ = list_checkpoints(folder)
             if found:
-                prefix = found
+                candidates = list(reversed(found))
                 break
-    if not tf.io.gfile.exists(prefix + '.index'):
+    if not tf.io.gfile.exists(candidates[0] + '.index'):
         raise FileNotFoundError(f'no checkpoint found at {path}')
-    tf.train.Checkpoint(model=model).restore(
-        prefix
-    ).expect_partial().assert_existing_objects_matched()
-    return prefix
+    problems = []
+    for prefix in candidates:
+        try:
+            tf.train.Checkpoint(model=model).restore(
+                prefix
+            ).expect_partial().assert_existing_objects_matched()
+            return prefix
+        except _DAMAGED as error:
+            logging.warning('Checkpoint %s is unusable (%s)', prefix, _first_line(error))
+            problems.append(f'{os.path.basename(prefix)}: {_first_line(error)}')
+        except (AssertionError, ValueError) as error:
+            raise CheckpointError(
+                f'checkpoint {prefix} does not fit this model (check --model and '
+                f'--num_classes): {_first_line(error)}'
+            ) from None
+    raise CheckpointError(f'no usable checkpoint at {path} ({"; ".join(problems)})')
+
+
+def load_initial_weights(model, path: str) -> str:
+    """Loads pretrained weights for fine-tuning: a checkpoint, or a Keras .h5 weights file.
+
+    Only the model's weights are read; the optimizer and the step start afresh.
+
+    Returns:
+      What was read: the checkpoint prefix or the .h5 path.
+
+    Raises:
+      FileNotFoundError: nothing at `path`.
+      CheckpointError: the weights do not fit the model, naming the file.
+    """
+    if path.endswith(('.h5', '.hdf5')) or (
+        tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
+    ):
+        from trainer import h5_weights  # pylint: disable=g-import-not-at-top
+
+        h5_weights.load_h5_weights(model, path)
+        return path
+    return restore_weights(model, path)

@@ -4,9 +4,12 @@ Everything below the strategy (the step, the loop, the input pipeline) is the sa
 every device kind; only this module knows about GPUs, TPUs and Gaudi.
 """
 
+import hashlib
 import json
 import os
+from typing import Iterable
 
+import numpy as np
 import tensorflow as tf
 
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu', 'hpu')
@@ -106,16 +109,57 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, 'cluster_resolver', None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    task_type, task_id = resolver.task_type, resolver.task_id
+    return _is_chief_task(
+        resolver.task_type, resolver.task_id, 'chief' in resolver.cluster_spec().as_dict()
+    )
+
+
+def _is_chief_task(task_type, task_id, cluster_has_chief: bool) -> bool:
     return (
         task_type is None
         or task_type == 'chief'
-        or (
-            task_type == 'worker'
-            and task_id == 0
-            and 'chief' not in resolver.cluster_spec().as_dict()
-        )
+        or (task_type == 'worker' and task_id == 0 and not cluster_has_chief)
     )
+
+
+def is_chief_task() -> bool:
+    """Whether TF_CONFIG makes this process the chief (True without TF_CONFIG).
+
+    The same rule as `is_chief`, for code that runs before a strategy exists (writing
+    flags.cfg): the `chief` task, or worker 0 of a cluster without one.
+    """
+    tf_config = json.loads(os.environ.get('TF_CONFIG') or '{}')
+    task = tf_config.get('task', {})
+    return _is_chief_task(
+        task.get('type'), task.get('index', 0), 'chief' in tf_config.get('cluster', {})
+    )
+
+
+def xla_compiles_updates(strategy: tf.distribute.Strategy) -> bool:
+    """Whether an XLA-compiled replica function may update variables under `strategy`.
+
+    The optimizer sums gradients over replicas inside its update. MirroredStrategy and
+    MultiWorkerMirroredStrategy do that without a `merge_call` only under XLA on GPUs;
+    on CPUs they need a `merge_call`, which XLA-compiled (nested) functions cannot make.
+    One replica (the default strategy, OneDevice) and TPUs have no such limit.
+    """
+    if not isinstance(
+        strategy, (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    ):
+        return True
+    return all('GPU' in device.upper() for device in strategy.extended.worker_devices)
+
+
+def weights_fingerprint(variables: Iterable[tf.Variable]) -> str:
+    """A SHA-256 of the variables' values: equal on workers whose weights are equal.
+
+    Logged at the end of training, it shows in one line per worker that the replicas of
+    a multi-worker run stayed bit-identical, without writing the weights anywhere.
+    """
+    digest = hashlib.sha256()
+    for variable in variables:
+        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def worker_id(strategy: tf.distribute.Strategy) -> int:

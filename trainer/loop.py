@@ -4,52 +4,130 @@ Running many steps per call keeps the host out of the accelerator's way (one Pyt
 round trip per loop instead of per step), which is what makes small per-step times
 reachable on GPUs and TPUs. The number of steps is a tensor, so changing it (the last
 loop of an epoch is often shorter) does not retrace.
+
+Each train step is two `strategy.run` calls, the gradients and the update (see
+`trainer/step.py`). Between them, in cross-replica context, the loop sums the metrics
+over replicas and, with dynamic loss scaling, decides whether to apply the update.
+The decision sits here because a `tf.cond` around an update *inside* a replica
+function fails under MirroredStrategy (the optimizer's `merge_call` may not run in a
+nested graph), while a `tf.cond` around a whole `strategy.run` works on every
+strategy we run.
 """
 
 from typing import Callable, Dict, Sequence
 
 import tensorflow as tf
 
-TRAIN_METRICS = ('cross_entropy', 'l2', 'top1', 'top5', 'count')
+from trainer import distribute
+
+TRAIN_METRICS = ('cross_entropy', 'l2', 'top1', 'top5', 'count', 'grad_norm_sq', 'skipped')
 EVAL_METRICS = ('cross_entropy', 'top1', 'top5', 'count')
 
 
 def _summed_loop(
-    strategy: tf.distribute.Strategy, replica_fn: Callable, keys: Sequence[str]
+    step_fn: Callable, keys: Sequence[str], *, measure_input_wait: bool = False
 ) -> Callable:
-    """Wraps `replica_fn(*batch) -> dict of sums` into `loop(iterator, num_steps)`.
+    """Wraps `step_fn(batch) -> dict of sums over replicas` into `loop(iterator, num_steps)`.
 
-    The returned function runs `num_steps` steps, each `strategy.run` over one batch
-    from the distributed iterator, and returns the metrics summed over replicas and
-    steps.
+    The returned function runs `num_steps` steps on batches from the distributed
+    iterator and returns the metrics summed over steps, and `input_wait`: the seconds
+    the host spent blocked in `next(iterator)`. tf.data hands over a prefetched batch
+    at once, so the wait is the time the input pipeline fell behind. Where the device
+    runs behind the host (GPUs, TPUs), part of it can overlap the previous step's
+    compute: it bounds the device's starving from above. Only with
+    `measure_input_wait`: TensorFlow refuses to read the clock in a graph under op
+    determinism (`--deterministic`).
     """
 
     @tf.function
     def loop(iterator, num_steps):
         totals = {key: tf.constant(0.0) for key in keys}
+        input_wait = tf.constant(0.0, tf.float64)
         for _ in tf.range(num_steps):
-            per_replica = strategy.run(replica_fn, args=next(iterator))
-            totals = {
-                key: totals[key]
-                + strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[key], axis=None)
-                for key in keys
-            }
-        return totals
+            if measure_input_wait:
+                start = tf.timestamp()
+                with tf.control_dependencies([start]):
+                    batch = next(iterator)
+                with tf.control_dependencies(tf.nest.flatten(batch, expand_composites=True)):
+                    input_wait += tf.timestamp() - start
+            else:
+                batch = next(iterator)
+            sums = step_fn(batch)
+            totals = {key: totals[key] + sums[key] for key in keys}
+        if not measure_input_wait:
+            return totals
+        return {**totals, 'input_wait': tf.cast(input_wait, tf.float32)}
 
     return loop
 
 
+def _sum_over_replicas(strategy, per_replica, keys):
+    return {
+        key: strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica[key], axis=None)
+        for key in keys
+    }
+
+
 def make_train_loop(
-    strategy: tf.distribute.Strategy, replica_step: Callable, *, jit_compile: bool = False
+    strategy: tf.distribute.Strategy,
+    train_step,
+    *,
+    jit_compile: bool = False,
+    measure_input_wait: bool = False,
 ) -> Callable[..., Dict[str, tf.Tensor]]:
-    """`replica_step(images, labels) -> dict of sums` run `num_steps` times per call."""
+    """`loop(iterator, num_steps)` running a `step.TrainStep` `num_steps` times per call.
+
+    Args:
+      strategy: the strategy whose replicas run the step.
+      train_step: a `trainer.step.TrainStep`.
+      jit_compile: XLA-compile the gradient half of the step, and the update half
+        where XLA can compile its cross-replica sum (one replica, or GPUs only).
+      measure_input_wait: also return `input_wait`, the seconds spent waiting for
+        batches; not possible under op determinism.
+
+    Returns:
+      The loop; it returns TRAIN_METRICS summed over replicas and steps (`skipped`
+      counts the steps dynamic loss scaling skipped), and `input_wait` when measured.
+    """
+    gradients_fn, apply_fn = train_step.gradients, train_step.apply
     if jit_compile:
-        replica_step = tf.function(replica_step, jit_compile=True)
-    return _summed_loop(strategy, replica_step, TRAIN_METRICS)
+        gradients_fn = tf.function(gradients_fn, jit_compile=True)
+        if distribute.xla_compiles_updates(strategy):
+            apply_fn = tf.function(apply_fn, jit_compile=True)
+    scaler = train_step.loss_scaler
+    keys = [key for key in TRAIN_METRICS if key != 'skipped']
+
+    def apply(gradients):
+        strategy.run(apply_fn, args=(gradients,))
+        return tf.constant(True)
+
+    def one_step(batch):
+        gradients, per_replica = strategy.run(gradients_fn, args=batch)
+        sums = _sum_over_replicas(strategy, per_replica, keys)
+        if scaler.skips_steps:
+            # Summed over replicas, so every replica sees the same count and the same
+            # branch is taken everywhere.
+            non_finite = strategy.reduce(
+                tf.distribute.ReduceOp.SUM, per_replica['non_finite'], axis=None
+            )
+            finite = tf.equal(non_finite, 0.0)
+            tf.cond(finite, lambda: apply(gradients), train_step.skip)
+            scaler.update(finite)
+            sums['skipped'] = 1.0 - tf.cast(finite, tf.float32)
+        else:
+            apply(gradients)
+            sums['skipped'] = tf.constant(0.0)
+        return sums
+
+    return _summed_loop(one_step, TRAIN_METRICS, measure_input_wait=measure_input_wait)
 
 
 def make_eval_loop(
     strategy: tf.distribute.Strategy, replica_step: Callable
 ) -> Callable[..., Dict[str, tf.Tensor]]:
     """`replica_step(images, labels, weights) -> dict of sums`, `num_steps` per call."""
-    return _summed_loop(strategy, replica_step, EVAL_METRICS)
+
+    def one_step(batch):
+        return _sum_over_replicas(strategy, strategy.run(replica_step, args=batch), EVAL_METRICS)
+
+    return _summed_loop(one_step, EVAL_METRICS)

@@ -1,14 +1,23 @@
-"""One replica's train and eval steps: plain functions of (model, optimizer, batch).
+"""One replica's train and eval steps.
 
-The loop (`trainer/loop.py`), not the step, applies `tf.function` and `strategy.run`.
+The train step is a `TrainStep` of (model, optimizer, loss scaler) in two halves:
+`gradients(images, labels)` (forward, backward, unscaled gradients and metrics) and
+`apply(gradients)` (the optimizer's update, then the weight average). The loop
+(`trainer/loop.py`) runs each half through `strategy.run` and decides in between
+whether to apply at all: with dynamic loss scaling a step whose gradients overflowed
+is skipped, and that decision must be taken outside the replicas (see
+`trainer/precision.py`). Calling the step object runs both halves, unconditionally.
+
 Steps return *sums* over the replica's examples; the loop adds them over replicas and
 steps and divides once, so averages are exact whatever the batch split.
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
+
+from trainer import precision
 
 
 def decayed_variables(model: keras.Model) -> List[tf.Variable]:
@@ -26,8 +35,13 @@ def decayed_variables(model: keras.Model) -> List[tf.Variable]:
 
 
 def _all_layers(model: keras.Model):
+    """Every layer, descending into nested models and layers that list their sublayers.
+
+    The memory-efficient DenseNet keeps its convolutions inside one layer per dense
+    block (`densenet/recompute.py`), which lists them in `layers` like a model does.
+    """
     for layer in model.layers:
-        if isinstance(layer, keras.Model):
+        if isinstance(layer, keras.Model) or getattr(layer, 'layers', None):
             yield from _all_layers(layer)
         else:
             yield layer
@@ -46,45 +60,179 @@ def _top_k_correct(logits: tf.Tensor, labels: tf.Tensor, k: int) -> tf.Tensor:
     return tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)
 
 
-def train_step(
-    model: keras.Model,
-    optimizer: keras.optimizers.Optimizer,
-    images: tf.Tensor,
-    labels: tf.Tensor,
-    *,
-    global_batch_size: int,
-    decay_vars: Sequence[tf.Variable],
-    weight_decay: float,
-    num_replicas: int,
-) -> Dict[str, tf.Tensor]:
+def cross_entropy_loss(
+    labels: tf.Tensor, logits: tf.Tensor, label_smoothing: float = 0.0
+) -> tf.Tensor:
+    """Per-example softmax cross-entropy, against smoothed targets when asked.
+
+    Label smoothing (Szegedy et al., 2016) trains towards (1 - eps) on the true class
+    and eps / num_classes on every class, which keeps logits from growing without
+    bound; eps = 0.1 is the usual ImageNet value.
+    """
+    if not label_smoothing:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    num_classes = logits.shape[-1]
+    targets = tf.one_hot(labels, num_classes) * (1.0 - label_smoothing)
+    targets += label_smoothing / num_classes
+    return tf.nn.softmax_cross_entropy_with_logits(targets, logits)
+
+
+class TrainStep:
     """Forward, backward and update on one replica's share of the global batch.
 
-    Returns:
-      Sums over this replica's examples (`cross_entropy`, `top1`, `top5`, `count`) and
-      this replica's share of the L2 term (`l2`); summed over replicas these give the
-      global figures.
+    Args:
+      model: the Keras model (images -> logits).
+      optimizer: a Keras optimizer, built on `model.trainable_variables`.
+      loss_scaler: a `precision.LossScaler` (a fixed scale of 1 when None).
+      global_batch_size: examples in one step over all replicas (per-replica batch x
+        replicas); the per-example loss sum is divided by it.
+      num_replicas: replicas in sync; each adds 1/num_replicas of the L2 term.
+      weight_decay: L2 coefficient (0 where the optimizer decays weights itself).
+      decay_vars: the variables L2 applies to (default: `decayed_variables(model)`).
+      label_smoothing: eps of label smoothing, 0 for none.
+      accumulation_steps: N > 1 splits the replica's batch into N micro-batches, one
+        forward and backward each, and applies their summed gradients once: the
+        update of the whole batch (exactly, for models without batch norm) at the
+        activation memory of one micro-batch. Batch norm normalises, and updates its
+        moving statistics, per micro-batch.
+      weight_average: a `trainer.ema.WeightAverage` to update after each applied step.
     """
-    labels = tf.cast(labels, tf.int32)
-    with tf.GradientTape() as tape:
-        # Logits in float32 whatever the compute dtype: softmax in bf16 loses the tail.
-        logits = tf.cast(model(images, training=True), tf.float32)
-        per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        cross_entropy = tf.reduce_sum(per_example)
-        # The optimizer sums gradients over replicas, so dividing the per-example sum by
-        # the *global* batch makes that sum the gradient of the global mean loss; the L2
-        # term is counted once in total, a 1/num_replicas share on each replica.
-        l2 = l2_term(decay_vars, weight_decay) / num_replicas
-        loss = cross_entropy / global_batch_size + l2
-    variables = model.trainable_variables
-    gradients = tape.gradient(loss, variables)
-    optimizer.apply_gradients(zip(gradients, variables))
-    return {
-        'cross_entropy': cross_entropy,
-        'l2': l2,
-        'top1': tf.reduce_sum(_top_k_correct(logits, labels, 1)),
-        'top5': tf.reduce_sum(_top_k_correct(logits, labels, 5)),
-        'count': tf.cast(tf.shape(labels)[0], tf.float32),
-    }
+
+    def __init__(
+        self,
+        model: keras.Model,
+        optimizer: keras.optimizers.Optimizer,
+        *,
+        loss_scaler: Optional[precision.LossScaler] = None,
+        global_batch_size: int,
+        num_replicas: int = 1,
+        weight_decay: float = 0.0,
+        decay_vars: Optional[Sequence[tf.Variable]] = None,
+        label_smoothing: float = 0.0,
+        accumulation_steps: int = 1,
+        weight_average=None,
+    ):
+        if accumulation_steps < 1:
+            raise ValueError(f'accumulation_steps must be positive, not {accumulation_steps}')
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_scaler = loss_scaler or precision.LossScaler()
+        self.global_batch_size = int(global_batch_size)
+        self.num_replicas = int(num_replicas)
+        self.weight_decay = float(weight_decay)
+        self.decay_vars = list(decayed_variables(model) if decay_vars is None else decay_vars)
+        self.label_smoothing = float(label_smoothing)
+        self.accumulation_steps = int(accumulation_steps)
+        self.weight_average = weight_average
+        self.variables = model.trainable_variables
+
+    def __call__(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Both halves, the update unconditional: one replica's whole step."""
+        gradients, metrics = self.gradients(images, labels)
+        self.apply(gradients)
+        return metrics
+
+    def gradients(
+        self, images: tf.Tensor, labels: tf.Tensor
+    ) -> Tuple[List[tf.Tensor], Dict[str, tf.Tensor]]:
+        """This replica's unscaled gradients of the global mean loss, and its metrics.
+
+        Returns:
+          (gradients, one per trainable variable, not yet summed over replicas;
+          metrics: sums over this replica's examples (`cross_entropy`, `top1`, `top5`,
+          `count`), this replica's share of the L2 term (`l2`) and of the squared
+          gradient norm (`grad_norm_sq`); summed over replicas these give the global
+          figures. With dynamic loss scaling also `non_finite`, the number of inf or
+          NaN gradient values, which the loop sums over replicas to decide the skip.)
+        """
+        labels = tf.cast(labels, tf.int32)
+        if self.accumulation_steps == 1:
+            gradients, metrics = self._micro_batch(images, labels)
+        else:
+            gradients, metrics = self._accumulate(images, labels)
+        gradients = self.loss_scaler.unscale(gradients)
+        # The squared norm of the loss gradient as this replica's batch estimates it (its
+        # share times num_replicas), weighted so that the sum over replicas is the mean:
+        # on one replica, exactly the global gradient's. The all-reduced gradient's own
+        # norm would cost a second all-reduce of every gradient.
+        metrics['grad_norm_sq'] = self.num_replicas * tf.add_n(
+            [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in gradients if g is not None]
+        )
+        if self.loss_scaler.skips_steps:
+            metrics['non_finite'] = self.loss_scaler.count_non_finite(gradients)
+        return gradients, metrics
+
+    def apply(self, gradients: Sequence[tf.Tensor]) -> tf.Tensor:
+        """Applies this replica's gradients; the optimizer sums them over replicas."""
+        self.optimizer.apply_gradients(zip(gradients, self.variables))
+        if self.weight_average is not None:
+            self.weight_average.update()
+        return tf.constant(True)
+
+    def skip(self) -> tf.Tensor:
+        """Counts a step without updating the weights (cross-replica context).
+
+        The optimizer's step counter is the global step: it still advances, so that
+        the data position, the learning-rate schedule and the checkpoint numbers keep
+        counting batches.
+        """
+        self.optimizer.iterations.assign_add(1)
+        return tf.constant(False)
+
+    def _micro_batch(self, images, labels):
+        """Scaled gradients and metric sums of one (micro-)batch."""
+        with tf.GradientTape() as tape:
+            # Logits in float32 whatever the compute dtype: softmax in bf16 loses the tail.
+            logits = tf.cast(self.model(images, training=True), tf.float32)
+            per_example = cross_entropy_loss(labels, logits, self.label_smoothing)
+            cross_entropy = tf.reduce_sum(per_example)
+            # The optimizer sums gradients over replicas, so dividing the per-example sum
+            # by the *global* batch makes that sum the gradient of the global mean loss;
+            # the L2 term is counted once in total, a 1/num_replicas share on each
+            # replica, split again over the micro-batches of an accumulated step.
+            l2 = l2_term(self.decay_vars, self.weight_decay) / (
+                self.num_replicas * self.accumulation_steps
+            )
+            loss = cross_entropy / self.global_batch_size + l2
+            scaled_loss = self.loss_scaler.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, self.variables)
+        metrics = {
+            'cross_entropy': cross_entropy,
+            'l2': l2,
+            'top1': tf.reduce_sum(_top_k_correct(logits, labels, 1)),
+            'top5': tf.reduce_sum(_top_k_correct(logits, labels, 5)),
+            'count': tf.cast(tf.shape(labels)[0], tf.float32),
+        }
+        return gradients, metrics
+
+    def _accumulate(self, images, labels):
+        """Sums `_micro_batch` over `accumulation_steps` equal slices of the batch."""
+        steps = self.accumulation_steps
+        micro = tf.shape(images)[0] // steps
+
+        def body(i, gradients, metrics):
+            start = i * micro
+            new_gradients, new_metrics = self._micro_batch(
+                images[start : start + micro], labels[start : start + micro]
+            )
+            gradients = [
+                total + (tf.zeros_like(total) if g is None else tf.convert_to_tensor(g))
+                for total, g in zip(gradients, new_gradients)
+            ]
+            metrics = {key: metrics[key] + new_metrics[key] for key in metrics}
+            return i + 1, gradients, metrics
+
+        zeros = [tf.zeros(v.shape, tf.float32) for v in self.variables]
+        keys = ('cross_entropy', 'l2', 'top1', 'top5', 'count')
+        _, gradients, metrics = tf.while_loop(
+            lambda i, *_: i < steps,
+            body,
+            (tf.constant(0), zeros, {key: tf.constant(0.0) for key in keys}),
+            # One micro-batch at a time: running them in parallel would hold the
+            # activations of several, which is what accumulation is there to avoid.
+            parallel_iterations=1,
+        )
+        return gradients, metrics
 
 
 def eval_step(

@@ -1,0 +1,259 @@
+"""Images per second of the input pipelines, against a naive pipeline and the decode floor.
+
+  python bench/input_pipeline.py [--image_size=224 --batch_size=64 --bfloat16=true]
+
+Three train-time pipelines run side by side, on the same ImageNet-sized JPEGs and the
+same crop-window distribution:
+
+- ours: `input_pipeline.dataset.train_dataset` exactly as the trainer builds it, from
+  TFRecord shards (held in the page cache): parse, check, Inception crop, flip,
+  normalise, batch, in the compute dtype;
+- naive: the textbook tf.data pipeline, a parallel map of full `decode_jpeg`, then
+  crop and bilinear resize, then batch (default tf.data settings), from JPEG bytes in
+  memory;
+- floor: `decode_and_crop_jpeg` of crop windows and nothing else, from JPEG bytes in
+  memory: the bare cost of decoding the pixels a crop needs.
+
+The windows of naive and floor come from our own sampler (`augment.random_crop_window`,
+the paper's area and aspect ranges), one per image and repeat; ours draws its own from
+the same distribution. The JPEGs are real photos shipped with scikit-image and
+scikit-learn, cut and resized to ImageNet's typical sizes (500x375 and its kin) and
+encoded at quality 90 with 4:2:0 chroma, as Flickr served them.
+
+Each repeat times every pipeline in turn (interleaved, so that load from other
+processes falls on all of them alike) after draining what it buffered while the others
+ran; the figures are medians over repeats. CPU time per image (all threads of this
+process) is printed too: it is the steadier figure on a shared machine. The evaluation
+pipeline (`eval_dataset`: central crop, resize, normalise, pad) is timed the same way.
+The last line is `RESULT {json}`.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import skimage.data
+import tensorflow as tf
+from absl import app
+from absl import flags
+from PIL import Image
+from sklearn import datasets as sklearn_datasets
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from input_pipeline import augment  # noqa: E402
+from input_pipeline import dataset  # noqa: E402
+from input_pipeline import writer  # noqa: E402
+
+flags.DEFINE_integer('image_size', 224, 'Output side in pixels.')
+flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
+flags.DEFINE_bool('bfloat16', True, 'bf16 output (the trainer default), else float32.')
+flags.DEFINE_integer('num_images', 256, 'Distinct JPEGs, cached in memory.')
+flags.DEFINE_integer('repeats', 7, 'Timed rounds; each times every pipeline once.')
+flags.DEFINE_integer('batches_per_repeat', 16, 'Batches timed per pipeline and round.')
+flags.DEFINE_integer('warmup_batches', 4, 'Batches drained before each timing.')
+flags.DEFINE_integer('seed', 0, 'Seed of the images, windows and pipeline.')
+FLAGS = flags.FLAGS
+
+# Typical ImageNet sizes (height, width): most photos came from Flickr at 500 pixels on
+# the long side.
+_SIZES = ((375, 500), (333, 500), (500, 375), (500, 333), (500, 500))
+_QUALITY = 90
+
+
+def _photos() -> list[np.ndarray]:
+    """The colour photos that scikit-learn and scikit-image ship (no download)."""
+    photos = list(sklearn_datasets.load_sample_images().images)
+    photos += [
+        skimage.data.astronaut(),
+        skimage.data.chelsea(),
+        skimage.data.coffee(),
+        skimage.data.rocket(),
+        skimage.data.hubble_deep_field(),
+    ]
+    return photos
+
+
+def make_jpegs(count: int, seed: int) -> list[bytes]:
+    """`count` distinct JPEGs: random cuts of the photos at ImageNet sizes, quality 90."""
+    rng = np.random.default_rng(seed)
+    photos = _photos()
+    jpegs = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        height, width = _SIZES[index % len(_SIZES)]
+        # A cut of 60-100% of the photo's side with the target's aspect ratio.
+        fraction = rng.uniform(0.6, 1.0)
+        cut_w = min(photo.shape[1], int(photo.shape[0] * width / height)) * fraction
+        cut_h = cut_w * height / width
+        top = rng.uniform(0, photo.shape[0] - cut_h)
+        left = rng.uniform(0, photo.shape[1] - cut_w)
+        picture = Image.fromarray(photo).resize(
+            (width, height), Image.LANCZOS, box=(left, top, left + cut_w, top + cut_h)
+        )
+        buffer = io.BytesIO()
+        picture.save(buffer, 'JPEG', quality=_QUALITY)
+        jpegs.append(buffer.getvalue())
+    return jpegs
+
+
+def crop_windows(jpegs: list[bytes], rounds: int, seed: int) -> np.ndarray:
+    """`rounds` Inception crop windows per image, from the train pipeline's sampler."""
+    windows = []
+    for round_index in range(rounds):
+        for index, jpeg in enumerate(jpegs):
+            shape = tf.io.extract_jpeg_shape(jpeg)
+            window = augment.random_crop_window(
+                shape, tf.zeros([0, 4]), tf.constant([seed, round_index * len(jpegs) + index])
+            )
+            windows.append(window.numpy())
+    return np.array(windows, np.int32)
+
+
+def naive_pipeline(jpegs, windows, image_size, batch_size) -> tf.data.Dataset:
+    """Full decode, then crop and resize: the pipeline most tutorials write."""
+
+    def preprocess(encoded, window):
+        image = tf.io.decode_jpeg(encoded, channels=3)
+        image = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
+        return tf.image.resize(image, [image_size, image_size])
+
+    source = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(jpegs * _rounds(windows, jpegs)), windows)
+    )
+    data = source.repeat().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def floor_pipeline(jpegs, windows, batch_size) -> tf.data.Dataset:
+    """Decodes each window and keeps only its shape: the cost of the decode alone."""
+
+    def decode_window(encoded, window):
+        return tf.shape(tf.io.decode_and_crop_jpeg(encoded, window, channels=3))
+
+    source = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(jpegs * _rounds(windows, jpegs)), windows)
+    )
+    data = source.repeat().map(decode_window, num_parallel_calls=tf.data.AUTOTUNE)
+    # Batching the shapes only spares the consumer a Python step per image.
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _rounds(windows: np.ndarray, jpegs: list[bytes]) -> int:
+    return len(windows) // len(jpegs)
+
+
+def write_records(jpegs: list[bytes], folder: str) -> list[str]:
+    examples = [
+        writer.Example(encoded=jpeg, label=1 + index % 1000) for index, jpeg in enumerate(jpegs)
+    ]
+    writer.write_tfrecords(examples, folder, 'train', 4)
+    return dataset.list_files(folder, 'train')
+
+
+def time_batches(iterator, batch_size: int, warmup: int, count: int) -> tuple[float, float]:
+    """(images per second, CPU microseconds per image) over `count` batches."""
+    for _ in itertools.islice(iterator, warmup):
+        pass
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in itertools.islice(iterator, count):
+        pass
+    images = count * batch_size
+    return images / (time.perf_counter() - wall), (time.process_time() - cpu) / images * 1e6
+
+
+def main(argv):
+    del argv
+    image_size, batch_size = FLAGS.image_size, FLAGS.batch_size
+    dtype = tf.bfloat16 if FLAGS.bfloat16 else tf.float32
+    jpegs = make_jpegs(FLAGS.num_images, FLAGS.seed)
+    windows = crop_windows(jpegs, rounds=4, seed=FLAGS.seed)
+    kilobytes = np.mean([len(jpeg) for jpeg in jpegs]) / 1024
+    scale = np.mean(np.minimum(windows[:, 2], windows[:, 3]) >= 2 * image_size)
+    print(
+        f'{len(jpegs)} JPEGs, {kilobytes:.0f} KB on average; {len(windows)} windows, '
+        f'{np.mean(windows[:, 2] * windows[:, 3]) / 1e3:.0f}k pixels on average, '
+        f'{scale:.1%} of them at least twice the output'
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        files = write_records(jpegs, folder)
+        pipelines = {
+            'ours': dataset.train_dataset(
+                files,
+                batch_size=batch_size,
+                image_size=image_size,
+                num_classes=1000,
+                seed=FLAGS.seed,
+                dtype=dtype,
+                # As the trainer sets it; the epoch re-reads the files, as an epoch of a
+                # dataset larger than its shuffle buffer would read on.
+                batches_per_epoch=100000,
+            ),
+            'naive': naive_pipeline(jpegs, windows, image_size, batch_size),
+            'floor': floor_pipeline(jpegs, windows, batch_size),
+            'eval': dataset.eval_dataset(
+                # The same shards eight times over: long passes, few restarts.
+                files * 8,
+                batch_size=batch_size,
+                image_size=image_size,
+                num_classes=1000,
+                num_examples=8 * len(jpegs),
+                dtype=dtype,
+            ).repeat(),
+        }
+        iterators = {name: iter(data) for name, data in pipelines.items()}
+        speeds = {name: [] for name in pipelines}
+        cpu = {name: [] for name in pipelines}
+        for repeat in range(FLAGS.repeats):
+            for name, iterator in iterators.items():
+                images_per_s, cpu_us = time_batches(
+                    iterator, batch_size, FLAGS.warmup_batches, FLAGS.batches_per_repeat
+                )
+                speeds[name].append(images_per_s)
+                cpu[name].append(cpu_us)
+            print(
+                f'repeat {repeat + 1}/{FLAGS.repeats}: '
+                + ', '.join(f'{name} {speeds[name][-1]:.0f}' for name in pipelines)
+                + ' images/s',
+                flush=True,
+            )
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
+    for name in pipelines:
+        print(
+            f'{name:6s} median {median[name]:7.0f} images/s '
+            f'(range {min(speeds[name]):.0f}-{max(speeds[name]):.0f}), '
+            f'{median_cpu[name]:6.0f} CPU us per image'
+        )
+    result = {
+        'train_images_per_s': round(median['ours'], 1),
+        'vs_naive': round(median['ours'] / median['naive'], 3),
+        'vs_floor': round(median['ours'] / median['floor'], 3),
+        'eval_images_per_s': round(median['eval'], 1),
+        'naive_images_per_s': round(median['naive'], 1),
+        'floor_images_per_s': round(median['floor'], 1),
+        'cpu_us_per_image': {name: round(value) for name, value in median_cpu.items()},
+        'cpu_vs_naive': round(median_cpu['naive'] / median_cpu['ours'], 3),
+        'cpu_vs_floor': round(median_cpu['floor'] / median_cpu['ours'], 3),
+        'image_size': image_size,
+        'batch_size': batch_size,
+        'dtype': dtype.name,
+        'repeats': FLAGS.repeats,
+        'cpus': os.cpu_count(),
+        'machine': platform.machine(),
+        'tensorflow': tf.__version__,
+    }
+    print('RESULT ' + json.dumps(result))
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,248 @@
+"""The on-disk layouts of ImageNet TFRecords, and how to tell them apart.
+
+Three tools write most of the ImageNet TFRecords in use, each its own way:
+
+- `slim`: Inception / TF-slim `build_imagenet_data.py`. Shards `train-00000-of-01024`
+  and `validation-00000-of-00128` side by side in one folder; the image under
+  `image/encoded`, the label under `image/class/label`, 1..1000 (0 was "background"),
+  plus synset, text and, on some train images, bounding boxes.
+- `tpu`: Cloud TPU `imagenet_to_gcs.py`. The same keys and 1-based labels, with the
+  shards in `train/` and `validation/` sub-folders.
+- `tfds`: TensorFlow Datasets `imagenet2012`. Shards
+  `imagenet2012-train.tfrecord-00000-of-01024` (and `...-validation.tfrecord-...`), the
+  image under `image`, the label under `label`, 0..999.
+
+`find_dataset` recognises the layout from the file names, the keys from the first
+record and the label offset from the keys (and from that record's label), and says
+what it found; a layout or an offset given by the user overrides what it would guess.
+The layout and the keys are independent on purpose: records with slim keys written
+flat or into sub-folders are both common, and both read the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Optional, Sequence
+
+import tensorflow as tf
+from absl import logging
+
+LAYOUTS = ('slim', 'tpu', 'tfds')
+SPLITS = ('train', 'validation')
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSchema:
+    """Where a record keeps its image and label, and which label convention it follows.
+
+    Attributes:
+      name: `slim` (the Inception / TF-slim keys, also used by the TPU script) or `tfds`.
+      image_key: feature holding the encoded image.
+      label_key: int64 feature holding the class.
+      label_offset: subtracted from stored labels to make them 0-based (1 for the
+        slim keys, whose labels run 1..1000; 0 for TFDS).
+      has_boxes: whether records may carry `image/object/bbox/*` boxes.
+    """
+
+    name: str
+    image_key: str
+    label_key: str
+    label_offset: int
+    has_boxes: bool
+
+
+SLIM_SCHEMA = RecordSchema(
+    name='slim',
+    image_key='image/encoded',
+    label_key='image/class/label',
+    label_offset=1,
+    has_boxes=True,
+)
+TFDS_SCHEMA = RecordSchema(
+    name='tfds', image_key='image', label_key='label', label_offset=0, has_boxes=False
+)
+SCHEMAS = (SLIM_SCHEMA, TFDS_SCHEMA)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetFiles:
+    """A dataset on disk as `find_dataset` found it.
+
+    Attributes:
+      dataset_dir: the folder that was searched.
+      layout: one of `LAYOUTS`.
+      train_files: sorted train shards (may be empty when only validation is needed).
+      validation_files: sorted validation shards.
+      schema: the record keys.
+      label_offset: subtracted from stored labels.
+      how: how the layout, keys and offset were decided, for the log.
+    """
+
+    dataset_dir: str
+    layout: str
+    train_files: tuple[str, ...]
+    validation_files: tuple[str, ...]
+    schema: RecordSchema
+    label_offset: int
+    how: str
+
+    def files(self, split: str) -> tuple[str, ...]:
+        return self.train_files if split == 'train' else self.validation_files
+
+    def describe(self) -> str:
+        """One line for the log and the start-up banner."""
+        return (
+            f'{self.dataset_dir}: {self.layout} layout, {len(self.train_files)} train and '
+            f'{len(self.validation_files)} validation files, keys '
+            f'{self.schema.image_key!r}/{self.schema.label_key!r}, label offset '
+            f'{self.label_offset} ({self.how})'
+        )
+
+
+def split_pattern(dataset_dir: str, layout: str, split: str) -> str:
+    """The glob that matches one split's shards in one layout."""
+    if layout == 'slim':
+        return os.path.join(dataset_dir, f'{split}-*-of-*')
+    if layout == 'tpu':
+        return os.path.join(dataset_dir, split, f'{split}-*-of-*')
+    if layout == 'tfds':
+        # `{name}-{split}.tfrecord-00000-of-01024`, the name being `imagenet2012` for
+        # ImageNet (and, for a TFDS data_dir, in `imagenet2012/5.1.0/` below it).
+        return os.path.join(dataset_dir, f'*-{split}.tfrecord-*-of-*')
+    raise ValueError(f'unknown data layout {layout!r}: expected one of {", ".join(LAYOUTS)}')
+
+
+def _tfds_version_dirs(dataset_dir: str) -> list[str]:
+    """`dataset_dir/<name>/<version>/` folders of a TFDS data_dir, newest version last."""
+    found = tf.io.gfile.glob(os.path.join(dataset_dir, '*', '*', '*.tfrecord-*-of-*'))
+
+    def version(folder: str) -> tuple:
+        return tuple(int(part) if part.isdigit() else -1 for part in re.split(r'\.', folder))
+
+    folders = {os.path.dirname(path) for path in found}
+    return sorted(folders, key=lambda folder: version(os.path.basename(folder)))
+
+
+def _glob(dataset_dir: str, layout: str, split: str) -> list[str]:
+    return sorted(tf.io.gfile.glob(split_pattern(dataset_dir, layout, split)))
+
+
+def _first_record(files: Sequence[str]) -> tuple[Optional[tf.train.Example], str]:
+    """The first record of the first non-empty file, parsed, and that file's name."""
+    for filename in files:
+        for record in tf.data.TFRecordDataset(filename).take(1):
+            return tf.train.Example.FromString(record.numpy()), filename
+    return None, ''
+
+
+def schema_of(example: tf.train.Example, filename: str = '') -> RecordSchema:
+    """The schema whose image and label keys `example` holds.
+
+    Raises:
+      ValueError: when the record has neither set of keys (the message names the file
+        and lists the keys it does have).
+    """
+    keys = example.features.feature
+    for schema in SCHEMAS:
+        if schema.image_key in keys and schema.label_key in keys:
+            return schema
+    raise ValueError(
+        f'{filename}: records hold neither the TF-slim keys (image/encoded, '
+        f'image/class/label) nor the TFDS keys (image, label), but {sorted(keys)}'
+    )
+
+
+def find_dataset(
+    dataset_dir: str,
+    *,
+    layout: str = 'auto',
+    label_offset: Optional[int] = None,
+    splits: Sequence[str] = SPLITS,
+) -> DatasetFiles:
+    """Finds the shards of `dataset_dir` and how to read them.
+
+    The layout is the one whose file names match (`layout` names it instead). The keys
+    come from the first record. The label offset follows the keys (1 for the slim keys,
+    0 for TFDS) unless `label_offset` is given, with one correction: a first record
+    with slim keys and label 0 means 0-based labels (0 is never a class in the 1-based
+    convention), so the offset becomes 0. A wrong guess cannot pass silently: the
+    other convention's extreme label (1000 read as 0-based, or 0 read as 1-based) stops
+    the run as out of range, naming the file.
+
+    Args:
+      dataset_dir: folder of the shards; for TFDS also a data_dir holding
+        `imagenet2012/<version>/` (the newest version is used).
+      layout: `auto` or one of `LAYOUTS`.
+      label_offset: None to decide from the records, or the offset to use.
+      splits: the splits that must have files.
+
+    Returns:
+      The files, schema and offset.
+
+    Raises:
+      FileNotFoundError: when the folder is missing or a split has no files.
+      ValueError: for an unknown layout, two layouts at once, or unknown record keys.
+    """
+    if not tf.io.gfile.isdir(dataset_dir):
+        raise FileNotFoundError(f'dataset directory {dataset_dir} does not exist')
+    if layout not in ('auto',) + LAYOUTS:
+        raise ValueError(f'--data_layout={layout}: expected auto or one of {", ".join(LAYOUTS)}')
+    candidates = LAYOUTS if layout == 'auto' else (layout,)
+    found = {}
+    for name in candidates:
+        folders = [dataset_dir]
+        if name == 'tfds' and not _glob(dataset_dir, name, splits[0]):
+            folders += _tfds_version_dirs(dataset_dir)[-1:]
+        for folder in folders:
+            files = {split: _glob(folder, name, split) for split in splits}
+            if any(files.values()):
+                found[name] = (folder, files)
+                break
+    if len(found) > 1:
+        raise ValueError(
+            f'{dataset_dir} holds shards of several layouts ({", ".join(found)}): '
+            'choose one with --data_layout'
+        )
+    if not found:
+        patterns = ', '.join(split_pattern(dataset_dir, name, splits[0]) for name in candidates)
+        raise FileNotFoundError(f'no TFRecords in {dataset_dir}: nothing matches {patterns}')
+    ((name, (folder, files)),) = found.items()
+    for split in splits:
+        if not files[split]:
+            raise FileNotFoundError(
+                f'no {split} TFRecords in {folder}: nothing matches '
+                f'{split_pattern(folder, name, split)}'
+            )
+
+    example, first_file = _first_record([path for split in splits for path in files[split]])
+    if example is None:
+        # Only empty shards: nothing to read, so nothing to decide; the slim keys are
+        # as good as any.
+        schema, stored = SLIM_SCHEMA, None
+    else:
+        schema = schema_of(example, first_file)
+        stored = example.features.feature[schema.label_key].int64_list.value
+        stored = stored[0] if stored else None
+    how = [f'{"layout from file names" if layout == "auto" else "--data_layout"}']
+    if label_offset is not None:
+        offset = label_offset
+        how.append('--label_offset')
+    elif schema.label_offset == 1 and stored == 0:
+        offset = 0
+        how.append(f'0-based: the first record of {first_file} has label 0')
+    else:
+        offset = schema.label_offset
+        how.append(f'{schema.name} keys label from {schema.label_offset}')
+    found_files = DatasetFiles(
+        dataset_dir=folder,
+        layout=name,
+        train_files=tuple(files.get('train', ())),
+        validation_files=tuple(files.get('validation', ())),
+        schema=schema,
+        label_offset=offset,
+        how='; '.join(how),
+    )
+    logging.info('Data: %s', found_files.describe())
+    return found_files

@@ -1,0 +1,304 @@
+"""Tests of trainer/checkpoint.py, h5_weights.py, nonfinite.py and preemption.py, in process.
+
+Damaged checkpoints, lost state files, NaN weights, pretrained .h5 files and signals,
+on a tiny DenseNet-BC; whole runs of main.py are in resume_kill_test.py.
+"""
+
+import logging
+import os
+import shutil
+import signal
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import densenet
+from trainer import checkpoint as checkpoints
+from trainer import h5_weights
+from trainer import nonfinite
+from trainer import preemption
+
+
+def _model(num_classes=10, name='densenet_bc_10_4', seed=0):
+    keras.utils.set_random_seed(seed)
+    return densenet.create_model(name, num_classes=num_classes, image_size=32)
+
+
+def _state(directory, *, num_classes=10, seed=0, **extra):
+    model = _model(num_classes, seed=seed)
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    return checkpoints.CheckpointState(
+        model=model, optimizer=optimizer, directory=str(directory), keep=5, **extra
+    )
+
+
+def _weights(model):
+    return [w.numpy() for w in model.weights]
+
+
+def _saved(directory, steps=(4, 8, 12)):
+    """A checkpoint folder with one checkpoint per step; returns the weights at each step."""
+    state = _state(directory)
+    weights = {}
+    for step in steps:
+        for variable in state.checkpoint.model.trainable_variables:
+            variable.assign_add(tf.fill(variable.shape, 0.01 * step))
+        state.checkpoint.optimizer.iterations.assign(step)
+        state.save(step)
+        weights[step] = _weights(state.checkpoint.model)
+    return weights
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory):
+    """(folder, weights at each step) of checkpoints 4, 8, 12, written once per module."""
+    folder = tmp_path_factory.mktemp('saved')
+    return str(folder), _saved(folder)
+
+
+def _copy_of(saved, tmp_path):
+    folder = str(tmp_path / 'checkpoints')
+    shutil.copytree(saved[0], folder)
+    return folder, saved[1]
+
+
+def _truncate(path, fraction=0.5):
+    with open(path, 'r+b') as stream:
+        stream.truncate(int(os.path.getsize(path) * fraction))
+
+
+def test_extra_trackables_are_saved_and_restored(tmp_path):
+    ema = tf.Variable([1.0, 2.0], name='ema')
+    scale = tf.Variable(2.0**15, name='loss_scale')
+    state = _state(tmp_path, ema=ema, scale=scale)
+    assert any(v is ema for v in state.variables())
+    state.save(4)
+    ema.assign([5.0, 6.0])
+    scale.assign(1.0)
+    fresh_ema, fresh_scale = tf.Variable([0.0, 0.0]), tf.Variable(0.0)
+    again = _state(tmp_path, seed=1, ema=fresh_ema, scale=fresh_scale)
+    assert again.restore_latest().endswith('ckpt-4')
+    assert fresh_ema.numpy().tolist() == [1.0, 2.0] and fresh_scale.numpy() == 2.0**15
+    assert int(again.checkpoint.optimizer.iterations.numpy()) == 0
+
+
+@pytest.mark.parametrize(
+    'damage',
+    ['truncated index', 'truncated data', 'missing data', 'flipped byte'],
+)
+def test_damaged_newest_checkpoint_falls_back_with_a_warning(saved, tmp_path, caplog, damage):
+    tmp_path, weights = _copy_of(saved, tmp_path)
+    newest = os.path.join(tmp_path, 'ckpt-12')
+    data = newest + '.data-00000-of-00001'
+    if damage == 'truncated index':
+        _truncate(newest + '.index')
+    elif damage == 'truncated data':
+        _truncate(data)
+    elif damage == 'missing data':
+        os.remove(data)
+    else:
+        content = bytearray(open(data, 'rb').read())
+        content[len(content) // 3] ^= 0xFF
+        open(data, 'wb').write(bytes(content))
+
+    state = _state(tmp_path, seed=1)
+    with caplog.at_level(logging.WARNING):
+        assert state.restore_latest() == os.path.join(tmp_path, 'ckpt-8')
+    assert f'Checkpoint {newest} is unusable' in caplog.text
+    for ours, saved in zip(_weights(state.checkpoint.model), weights[8]):
+        np.testing.assert_array_equal(ours, saved)
+    # The damaged files are kept aside, and the folder is consistent again: the manager
+    # names ckpt-8 as newest, and a new ckpt-12 can be written and resumed.
+    assert os.path.exists(os.path.join(tmp_path, 'unusable', 'ckpt-12.index'))
+    assert state.latest == os.path.join(tmp_path, 'ckpt-8')
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith('ckpt-8')
+    state.save(12)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert _state(tmp_path, seed=2).restore_latest().endswith('ckpt-12')
+    assert 'unusable' not in caplog.text
+
+
+def test_no_usable_checkpoint_stops_with_one_line_naming_them(saved, tmp_path):
+    tmp_path, _ = _copy_of(saved, tmp_path)
+    for step in (4, 8, 12):
+        _truncate(os.path.join(tmp_path, f'ckpt-{step}.data-00000-of-00001'))
+    with pytest.raises(checkpoints.CheckpointError) as error:
+        _state(tmp_path, seed=1).restore_latest()
+    message = str(error.value)
+    assert '\n' not in message
+    assert message.startswith(f'no usable checkpoint in {tmp_path} (ckpt-12: ')
+    assert (
+        '; ckpt-8: ' in message
+        and '; ckpt-4: ' in message
+        and message.endswith('move the folder away to start afresh')
+    )
+    # Nothing was moved: the user decides what to do with them.
+    assert not os.path.exists(os.path.join(tmp_path, 'unusable'))
+
+
+def test_lost_state_file_finds_checkpoints_by_step(saved, tmp_path, caplog):
+    tmp_path, weights = _copy_of(saved, tmp_path)
+    os.remove(os.path.join(tmp_path, 'checkpoint'))
+    state = _state(tmp_path, seed=1)
+    with caplog.at_level(logging.WARNING):
+        assert state.restore_latest() == os.path.join(tmp_path, 'ckpt-12')
+    assert 'found 3 checkpoints by name' in caplog.text
+    for ours, saved in zip(_weights(state.checkpoint.model), weights[12]):
+        np.testing.assert_array_equal(ours, saved)
+    # The state file is written again, so retention sees the old checkpoints.
+    assert tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths[:] == [
+        os.path.join(tmp_path, f'ckpt-{step}') for step in (4, 8, 12)
+    ]
+
+
+def test_checkpoint_of_another_model_is_refused_not_skipped(saved, tmp_path):
+    tmp_path, _ = _copy_of(saved, tmp_path)
+    with pytest.raises(checkpoints.CheckpointError, match='ckpt-12 does not fit this model'):
+        _state(tmp_path, num_classes=5).restore_latest()
+    assert os.path.exists(os.path.join(tmp_path, 'ckpt-12.index'))
+
+
+def test_nonfinite_weights_are_never_checkpointed(tmp_path):
+    state = _state(tmp_path)
+    state.save(4)
+    kernel = state.checkpoint.model.get_layer('predictions').kernel
+    kernel.assign(tf.fill(kernel.shape, float('nan')))
+    with pytest.raises(
+        nonfinite.NonFiniteError, match=r'predictions/kernel is not finite at step 8'
+    ):
+        state.save(8)
+    assert state.latest.endswith('ckpt-4')
+    assert not os.path.exists(os.path.join(tmp_path, 'ckpt-8.index'))
+
+
+def test_training_guard_names_the_step_and_the_value():
+    guard = nonfinite.TrainingGuard()
+    guard.check({'cross_entropy': 9.0, 'l2': 0.1, 'count': 4.0}, first_step=1, last_step=2)
+    with pytest.raises(nonfinite.NonFiniteError) as error:
+        guard.check(
+            {'cross_entropy': float('nan'), 'l2': 0.1, 'count': 4.0},
+            first_step=3,
+            last_step=4,
+            newest_checkpoint='/run/checkpoints/ckpt-2',
+        )
+    assert str(error.value) == (
+        'training loss is nan in steps 3-4 (one loop: its sum); stopped at step 4 without '
+        'checkpointing: the newest checkpoint, /run/checkpoints/ckpt-2, is unaffected'
+    )
+    with pytest.raises(nonfinite.NonFiniteError, match='loss is inf at step 5'):
+        guard.check({'cross_entropy': 1.0, 'l2': float('inf')}, first_step=5, last_step=5)
+
+
+def test_training_guard_counts_consecutive_skipped_steps():
+    guard = nonfinite.TrainingGuard(max_skipped_steps=5)
+    totals = {'cross_entropy': 1.0, 'count': 1.0}
+    guard.check({**totals, 'skipped': 3.0}, first_step=1, last_step=4)  # Not a whole loop.
+    guard.check({**totals, 'skipped': 4.0}, first_step=5, last_step=8)
+    assert guard.consecutive_skipped == 4
+    guard.check({**totals, 'skipped': 1.0}, first_step=9, last_step=12)  # Resets the run.
+    guard.check({**totals, 'skipped': 4.0}, first_step=13, last_step=16)
+    with pytest.raises(nonfinite.NonFiniteError, match=r'^8 consecutive steps up to step 20'):
+        guard.check({**totals, 'skipped': 4.0}, first_step=17, last_step=20)
+    # The loss scaler's own count, where it keeps one, is exact.
+    exact = nonfinite.TrainingGuard(max_skipped_steps=5, consecutive_skipped=lambda: 6)
+    with pytest.raises(nonfinite.NonFiniteError, match='max_skipped_steps=5'):
+        exact.check({**totals, 'skipped': 1.0}, first_step=1, last_step=4)
+
+
+# Pretrained weights.
+
+
+def _write_keras2_h5(path, model, *, rename=lambda name: name, order=None):
+    """A Keras 2 `save_weights('x.h5')` file, written with h5py as Keras 2 writes it.
+
+    `rename` maps our layer names to the file's (Keras 2 Applications wrote 'conv1/conv'
+    where Keras 3 writes 'conv1_conv'); `order` permutes the layers.
+    """
+    layers = [layer for layer in model.layers]
+    if order is not None:
+        layers = [layers[i] for i in order]
+    with h5py.File(path, 'w') as handle:
+        handle.attrs['layer_names'] = [rename(layer.name).encode('utf8') for layer in layers]
+        handle.attrs['backend'] = b'tensorflow'
+        handle.attrs['keras_version'] = b'2.15.0'
+        for layer in layers:
+            group = handle.create_group(rename(layer.name))
+            names = [
+                f'{rename(layer.name)}/{w.name.split("/")[-1].split(":")[0]}:0'
+                for w in layer.weights
+            ]
+            group.attrs['weight_names'] = [name.encode('utf8') for name in names]
+            for name, weight in zip(names, layer.weights):
+                group.create_dataset(name, data=weight.numpy())
+
+
+@pytest.mark.parametrize('layout', ['keras2 save_weights', 'applications names', 'model.save'])
+def test_h5_weights_load_by_layer_name(tmp_path, layout):
+    source, target = _model(seed=0), _model(seed=1)
+    path = str(tmp_path / 'weights.h5')
+    if layout == 'keras2 save_weights':
+        # Layers in reverse order: a by-position loader would fail.
+        _write_keras2_h5(path, source, order=list(reversed(range(len(source.layers)))))
+    elif layout == 'applications names':
+        _write_keras2_h5(path, source, rename=lambda name: name.replace('conv1_', 'conv1/'))
+    else:
+        source.save(path)  # Keras 2 and 3 both write the legacy layout under model_weights.
+    assert checkpoints.load_initial_weights(target, path) == path
+    for ours, theirs in zip(_weights(target), _weights(source)):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_keras_weights_h5_file_loads(tmp_path):
+    source, target = _model(seed=0), _model(seed=1)
+    path = str(tmp_path / 'model.weights.h5')
+    source.save_weights(path)
+    checkpoints.load_initial_weights(target, path)
+    for ours, theirs in zip(_weights(target), _weights(source)):
+        np.testing.assert_array_equal(ours, theirs)
+
+
+def test_h5_file_of_another_model_names_the_file_and_layer(tmp_path):
+    path = str(tmp_path / 'other.h5')
+    _write_keras2_h5(path, _model(num_classes=1000))
+    target = _model()
+    before = _weights(target)
+    with pytest.raises(checkpoints.CheckpointError) as error:
+        h5_weights.load_h5_weights(target, path)
+    assert str(error.value) == (
+        f'{path} does not fit the model: predictions/kernel is (9, 10) in the model but '
+        '(9, 1000) in the file (check --model and --num_classes)'
+    )
+    _write_keras2_h5(path, _model(name='densenet_bc_16_4'))
+    with pytest.raises(checkpoints.CheckpointError, match=rf'^{path} does not fit --model='):
+        h5_weights.load_h5_weights(target, path)
+    # A failed load changes nothing.
+    for ours, old in zip(_weights(target), before):
+        np.testing.assert_array_equal(ours, old)
+
+
+def test_init_from_checkpoint_reads_weights_only(saved):
+    folder, weights = saved
+    model = _model(seed=1)
+    assert checkpoints.load_initial_weights(model, folder).endswith('ckpt-12')
+    for ours, theirs in zip(_weights(model), weights[12]):
+        np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(FileNotFoundError):
+        checkpoints.load_initial_weights(model, os.path.join(folder, 'nothing'))
+
+
+def test_sigterm_checkpoints_at_the_boundary_and_restores_the_handlers(tmp_path):
+    state = _state(tmp_path)
+    previous = signal.getsignal(signal.SIGTERM)
+    with preemption.PreemptionWatcher() as watcher:
+        watcher.attach(tf.distribute.get_strategy(), state)
+        assert not watcher.checkpoint_and_stop(2)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert watcher.requested and watcher.signal_name == 'SIGTERM'
+        assert watcher.checkpoint_and_stop(3)
+    assert state.latest.endswith('ckpt-3')
+    assert signal.getsignal(signal.SIGTERM) is previous

@@ -1,0 +1,224 @@
+"""Every failure a user can cause ends main.py with one readable line and exit status 1.
+
+Each case is a real `python main.py ...` in a subprocess. The cases start together in
+a module fixture, two at a time (most of each one's time is importing TensorFlow), and
+each test then checks its own case's result. A case checks the exit status, that the
+last line of standard error is `main.py: error: ...` naming the cause, and that no
+traceback was printed.
+"""
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = [
+    '--model=densenet_bc_10_4',
+    '--image_size=32',
+    '--num_classes=10',
+    '--bfloat16=false',
+    '--batch_size=64',
+    '--seed=3',
+    '--deterministic',
+    '--shuffle_buffer=256',
+]
+
+
+def _write(path, data=b''):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'wb') as stream:
+        stream.write(data)
+
+
+def _cases(tmp, digits_dir):
+    """(name, arguments, environment additions, fragments the error line must hold)."""
+    empty = os.path.join(tmp, 'empty')
+    os.makedirs(empty)
+    unknown = os.path.join(tmp, 'unknown_layout')
+    _write(os.path.join(unknown, 'images-00000-of-00001.tar'), b'not a record')
+    _write(os.path.join(unknown, 'labels.csv'), b'file,label\n')
+    corrupt = os.path.join(tmp, 'corrupt')
+    _write(os.path.join(corrupt, 'train-00000-of-00001'), b'\x00' * 100)
+    _write(os.path.join(corrupt, 'validation-00000-of-00001'), b'\x00' * 100)
+    # A run folder of a DenseNet-121 at 224 pixels, with a checkpoint.
+    other = os.path.join(tmp, 'other_run')
+    _write(os.path.join(other, 'checkpoints', 'checkpoint'), b'model_checkpoint_path: "ckpt-5"\n')
+    _write(
+        os.path.join(other, 'flags.cfg'),
+        b'--model=densenet121\n--image_size=224\n--num_classes=10\n',
+    )
+    model_dir = os.path.join(tmp, 'model')
+    data = f'--dataset_dir={digits_dir}'
+    return [
+        (
+            'no_dataset_dir',
+            [*TINY, f'--model_dir={model_dir}'],
+            {},
+            ['--dataset_dir is required'],
+        ),
+        (
+            'missing_dataset_dir',
+            [*TINY, f'--dataset_dir={tmp}/nowhere', f'--model_dir={model_dir}'],
+            {},
+            ['--dataset_dir=', 'nowhere', 'does not exist'],
+        ),
+        (
+            'empty_glob',
+            [*TINY, f'--dataset_dir={empty}', f'--model_dir={model_dir}'],
+            {},
+            [empty],
+        ),
+        (
+            'unknown_layout',
+            [*TINY, f'--dataset_dir={unknown}', f'--model_dir={model_dir}'],
+            {},
+            [unknown],
+        ),
+        (
+            'corrupt_record',
+            [*TINY, f'--dataset_dir={corrupt}', f'--model_dir={model_dir}'],
+            {},
+            ['corrupt'],
+        ),
+        (
+            'label_out_of_range',
+            [*TINY, data, f'--model_dir={model_dir}', '--num_classes=5', '--train_steps=1'],
+            {},
+            ['label out of range', 'train-0000'],
+        ),
+        (
+            'batch_larger_than_dataset',
+            [*TINY, data, f'--model_dir={model_dir}', '--batch_size=4096'],
+            {},
+            ['--batch_size=4096', 'larger than the 1497 training examples'],
+        ),
+        (
+            'only_eval_with_train_steps',
+            [*TINY, data, '--only_eval=x', '--train_steps=5'],
+            {},
+            ['--only_eval evaluates and exits; it cannot be combined with --train_steps'],
+        ),
+        (
+            'only_eval_missing_checkpoint',
+            [*TINY, data, f'--only_eval={tmp}/no_such_run/checkpoints'],
+            {},
+            ['--only_eval=', 'no_such_run', 'no such checkpoint'],
+        ),
+        (
+            'strategy_against_device',
+            [
+                *TINY,
+                data,
+                f'--model_dir={model_dir}',
+                '--distribution_strategy=hpu',
+                '--device=gpu',
+            ],
+            {},
+            ['--distribution_strategy=hpu cannot run on --device=gpu'],
+        ),
+        (
+            'bad_profile_steps',
+            [*TINY, data, f'--model_dir={model_dir}', '--profile_steps=5,2'],
+            {},
+            ['--profile_steps=5,2 needs 1 <= A <= B'],
+        ),
+        (
+            'unknown_flag_value',
+            [*TINY, data, f'--model_dir={model_dir}', '--optimizer=lamb'],
+            {},
+            ['--optimizer=lamb', 'value should be one of <sgd|'],
+        ),
+        (
+            'bad_tf_config',
+            [*TINY, data, f'--model_dir={model_dir}'],
+            {'TF_CONFIG': '{"cluster": '},
+            ['TF_CONFIG', 'not valid JSON'],
+        ),
+        (
+            'unknown_model',
+            ['--synthetic_data', '--model=densenet_121x', f'--model_dir={model_dir}'],
+            {},
+            ["'densenet_121x'", 'densenet121'],
+        ),
+        (
+            'model_dir_of_another_model',
+            [*TINY, data, f'--model_dir={other}'],
+            {},
+            [
+                other,
+                '--model=densenet121 --image_size=224',
+                'not --model=densenet_bc_10_4 --image_size=32',
+            ],
+        ),
+        (
+            'missing_habana_module',
+            ['--synthetic_data', '--device=hpu', f'--model_dir={model_dir}'],
+            {},
+            ['--device=hpu needs habana-tensorflow', 'pip install ".[hpu]"'],
+        ),
+    ]
+
+
+CASE_NAMES = [
+    'no_dataset_dir',
+    'missing_dataset_dir',
+    'empty_glob',
+    'unknown_layout',
+    'corrupt_record',
+    'label_out_of_range',
+    'batch_larger_than_dataset',
+    'only_eval_with_train_steps',
+    'only_eval_missing_checkpoint',
+    'strategy_against_device',
+    'bad_profile_steps',
+    'unknown_flag_value',
+    'bad_tf_config',
+    'unknown_model',
+    'model_dir_of_another_model',
+    'missing_habana_module',
+]
+
+
+def _run(args, env_extra):
+    env = {key: value for key, value in os.environ.items() if key != 'TF_CONFIG'}
+    env.update(TF_CPP_MIN_LOG_LEVEL='2', **env_extra)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'main.py'), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory):
+    from input_pipeline import digits
+
+    tmp = str(tmp_path_factory.mktemp('errors'))
+    digits_dir = os.path.join(tmp, 'digits')
+    digits.ensure_digits_dataset(digits_dir)
+    cases = _cases(tmp, digits_dir)
+    assert [case[0] for case in cases] == CASE_NAMES
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(_run, args, env) for name, args, env, _ in cases}
+        return {
+            name: (futures[name].result(), fragments, args) for name, args, _, fragments in cases
+        }
+
+
+@pytest.mark.parametrize('name', CASE_NAMES)
+def test_user_error_is_one_readable_line(results, name):
+    result, fragments, args = results[name]
+    report = f'main.py {" ".join(args)}\nstderr:\n{result.stderr[-3000:]}'
+    assert result.returncode == 1, report
+    assert 'Traceback' not in result.stderr, report
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('main.py: error: '), report
+    for fragment in fragments:
+        assert fragment in last, f'{fragment!r} not in {last!r}\n{report}'

@@ -1,0 +1,391 @@
+"""Tests of the step, the loop, schedules, optimizers and weight averaging.
+
+Each is checked against an independent reference: a formula written out in NumPy, or
+a second code path (one big batch against micro-batches, one loop call against
+several, XLA against none).
+"""
+
+import math
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import ema
+from trainer import loop
+from trainer import optimizers
+from trainer import schedules
+from trainer import step as steps
+from trainer.config import RunConfig
+
+# --- Schedules. ----------------------------------------------------------------
+
+SPE, TOTAL, INITIAL, FINAL = 10, 900, 0.05, 1e-5
+PROBES = (0, 1, 9, 10, 299, 300, 301, 450, 599, 600, 799, 800, 899, 900)
+
+
+def _check(schedule, expected_fn):
+    for step in PROBES:
+        expected = expected_fn(step)
+        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-7 * INITIAL), step
+
+
+def test_piecewise_schedule_matches_formula():
+    boundaries, values = (30, 60, 80), (0.1, 0.01, 0.001, 0.0001)
+    schedule = schedules.EpochSchedule(
+        'piecewise',
+        initial_lr=INITIAL,
+        final_lr=FINAL,
+        steps_per_epoch=SPE,
+        total_steps=TOTAL,
+        boundaries=boundaries,
+        values=values,
+    )
+    _check(schedule, lambda step: values[sum(step / SPE >= b for b in boundaries)])
+
+
+def test_piecewise_default_values_decay_tenfold():
+    schedule = schedules.EpochSchedule(
+        'piecewise',
+        initial_lr=INITIAL,
+        final_lr=FINAL,
+        steps_per_epoch=SPE,
+        total_steps=TOTAL,
+        boundaries=(2.5, 45),
+    )
+    # Fractional boundaries: epoch 2.5 is step 25.
+    assert float(schedule(24)) == pytest.approx(INITIAL)
+    assert float(schedule(25)) == pytest.approx(INITIAL * 0.1)
+    assert float(schedule(450)) == pytest.approx(INITIAL * 0.01)
+
+
+@pytest.mark.parametrize('name', ['steps', 'piecewise', 'linear', 'exponential', 'cosine'])
+def test_warmup_multiplies_every_schedule_by_a_linear_ramp(name):
+    kwargs = dict(
+        initial_lr=INITIAL,
+        final_lr=FINAL,
+        steps_per_epoch=SPE,
+        total_steps=TOTAL,
+        boundaries=(30, 60),
+    )
+    plain = schedules.EpochSchedule(name, **kwargs)
+    warm = schedules.EpochSchedule(name, warmup_steps=50, **kwargs)
+    _check(warm, lambda step: float(plain(step)) * min(1.0, (step + 1) / 50))
+    assert float(warm(0)) == pytest.approx(float(plain(0)) / 50)
+
+
+def test_schedule_from_config_scales_linearly_with_the_global_batch():
+    config = RunConfig(
+        lr_sched='cosine', initial_lr=0.1, final_lr=0.001, lr_scaling='linear', warmup_epochs=0.5
+    )
+    schedule = schedules.from_config(
+        config, steps_per_epoch=SPE, total_steps=TOTAL, global_batch=1024
+    )
+    assert schedule.initial_lr == pytest.approx(0.4) and schedule.final_lr == pytest.approx(0.004)
+    assert schedule.warmup_steps == 5
+    progress = 100 / TOTAL
+    expected = 0.004 + (0.4 - 0.004) * 0.5 * (1 + math.cos(math.pi * progress))
+    assert float(schedule(100)) == pytest.approx(expected, rel=1e-5)
+    unscaled = schedules.from_config(
+        RunConfig(lr_sched='steps', initial_lr=0.1),
+        steps_per_epoch=SPE,
+        total_steps=TOTAL,
+        global_batch=1024,
+    )
+    assert float(unscaled(0)) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    'kwargs,match',
+    [
+        (dict(name='piecewise'), 'lr_boundaries'),
+        (dict(name='piecewise', boundaries=(10, 5)), 'lr_boundaries'),
+        (dict(name='piecewise', boundaries=(10,), values=(1.0,)), 'lr_values'),
+    ],
+)
+def test_bad_piecewise_schedules_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        schedules.EpochSchedule(
+            initial_lr=1, final_lr=0, steps_per_epoch=1, total_steps=1, **kwargs
+        )
+
+
+# --- Optimizers against their update formulas. ---------------------------------
+
+
+def _two_updates(name, **kwargs):
+    """Two updates of a kernel and a bias with fixed gradients; returns (w, b) after each."""
+    kernel = tf.Variable([[1.0, -2.0], [0.5, 3.0]])
+    bias = tf.Variable([0.25, -0.5])
+    optimizer = optimizers.create_optimizer(
+        name, 0.1, variables=[kernel, bias], decayed=[kernel], **kwargs
+    )
+    optimizer.build([kernel, bias])
+    gradients = [
+        (np.array([[0.1, -0.2], [0.3, 0.4]], np.float32), np.array([0.5, -0.25], np.float32)),
+        (np.array([[-0.3, 0.1], [0.2, -0.1]], np.float32), np.array([0.1, 0.2], np.float32)),
+    ]
+    history = []
+    for grad_kernel, grad_bias in gradients:
+        optimizer.apply_gradients([(grad_kernel, kernel), (grad_bias, bias)])
+        history.append((kernel.numpy().copy(), bias.numpy().copy()))
+    start = (np.array([[1.0, -2.0], [0.5, 3.0]]), np.array([0.25, -0.5]))
+    return start, gradients, history
+
+
+def _reference(update, start, gradients, state_fn):
+    """Runs `update(w, g, state, t, decayed) -> w` on each variable for both steps."""
+    results = []
+    values = [v.astype(np.float64) for v in start]
+    states = [state_fn(v) for v in values]
+    for t, grads in enumerate(gradients, start=1):
+        values = [
+            update(v, g.astype(np.float64), s, t, decayed=(i == 0))
+            for i, (v, g, s) in enumerate(zip(values, grads, states))
+        ]
+        results.append([v.copy() for v in values])
+    return results
+
+
+LR = 0.1
+
+
+def _sgd(nesterov):
+    def update(w, g, s, t, decayed):
+        s['v'] = 0.9 * s['v'] - LR * g
+        return w + (0.9 * s['v'] - LR * g if nesterov else s['v'])
+
+    return update
+
+
+def _adam(weight_decay=0.0):
+    def update(w, g, s, t, decayed, b1=0.9, b2=0.999, eps=1e-7):
+        if decayed:
+            w = w - w * weight_decay * LR
+        s['m'] = b1 * s['m'] + (1 - b1) * g
+        s['v'] = b2 * s['v'] + (1 - b2) * g * g
+        alpha = LR * math.sqrt(1 - b2**t) / (1 - b1**t)
+        return w - alpha * s['m'] / (np.sqrt(s['v']) + eps)
+
+    return update
+
+
+def _rmsprop(w, g, s, t, decayed, rho=0.9, momentum=0.9, eps=1.0):
+    s['ms'] = rho * s['ms'] + (1 - rho) * g * g
+    s['mom'] = momentum * s['mom'] + LR * g / np.sqrt(s['ms'] + eps)
+    return w - s['mom']
+
+
+@pytest.mark.parametrize(
+    'name,kwargs,update',
+    [
+        ('sgd', dict(momentum=0.9), _sgd(False)),
+        ('sgd', dict(momentum=0.9, nesterov=True), _sgd(True)),
+        ('adam', {}, _adam()),
+        ('adamw', dict(weight_decay=0.5), _adam(weight_decay=0.5)),
+        ('rmsprop', dict(momentum=0.9), _rmsprop),
+    ],
+)
+def test_optimizer_matches_update_formula(name, kwargs, update):
+    start, gradients, history = _two_updates(name, **kwargs)
+    zeros = lambda v: {
+        'v': np.zeros_like(v),
+        'm': np.zeros_like(v),
+        'ms': np.zeros_like(v),
+        'mom': np.zeros_like(v),
+    }
+    expected = _reference(update, start, gradients, zeros)
+    for (kernel, bias), (want_kernel, want_bias) in zip(history, expected):
+        np.testing.assert_allclose(kernel, want_kernel, rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(bias, want_bias, rtol=2e-5, atol=1e-6)
+
+
+def test_only_adamw_leaves_weight_decay_to_the_optimizer():
+    assert optimizers.loss_weight_decay('adamw', 0.05) == 0.0
+    for name in ('sgd', 'adam', 'rmsprop'):
+        assert optimizers.loss_weight_decay(name, 1e-4) == 1e-4
+    with pytest.raises(ValueError, match='optimizer'):
+        optimizers.create_optimizer('lamb', 0.1)
+
+
+# --- The step and the loop. ----------------------------------------------------
+
+
+def test_label_smoothing_matches_formula():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(5, 4)).astype(np.float32)
+    labels = np.array([0, 3, 1, 2, 3])
+    eps = 0.1
+    targets = np.full((5, 4), eps / 4) + (1 - eps) * np.eye(4)[labels]
+    log_softmax = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
+    expected = -np.sum(targets * log_softmax, axis=1)
+    got = steps.cross_entropy_loss(tf.constant(labels), tf.constant(logits), eps)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    plain = steps.cross_entropy_loss(tf.constant(labels), tf.constant(logits))
+    np.testing.assert_allclose(plain.numpy(), -log_softmax[np.arange(5), labels], rtol=1e-5)
+
+
+def _mlp():
+    """A tiny model without batch norm, so micro-batches change nothing."""
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation='relu'),
+            keras.layers.Dense(4),
+        ]
+    )
+
+
+def _data(batch, steps_count=3):
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(batch * steps_count, 6)).astype(np.float32)
+    labels = rng.integers(0, 4, batch * steps_count).astype(np.int32)
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
+
+
+def _train(batch, *, accumulation_steps=1, calls=(3,), jit_compile=False, weight_average=False):
+    model = _mlp()
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    average = ema.WeightAverage(model, 0.5) if weight_average else None
+    train_step = steps.TrainStep(
+        model,
+        optimizer,
+        global_batch_size=batch,
+        weight_decay=1e-2,
+        label_smoothing=0.1,
+        accumulation_steps=accumulation_steps,
+        weight_average=average,
+    )
+    train_loop = loop.make_train_loop(
+        tf.distribute.get_strategy(), train_step, jit_compile=jit_compile
+    )
+    iterator = iter(_data(batch))
+    totals = [train_loop(iterator, tf.constant(n)) for n in calls]
+    return model, totals, average
+
+
+def _assert_same_weights(a, b, **tolerance):
+    assert len(a.weights) == len(b.weights)
+    for x, y in zip(a.weights, b.weights):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), **tolerance)
+
+
+def test_gradient_accumulation_equals_the_whole_batch():
+    whole, whole_totals, _ = _train(16)
+    accumulated, accumulated_totals, _ = _train(16, accumulation_steps=4)
+    _assert_same_weights(whole, accumulated, rtol=1e-5, atol=1e-6)
+    for key in ('cross_entropy', 'l2', 'top1', 'count'):
+        assert float(accumulated_totals[0][key]) == pytest.approx(
+            float(whole_totals[0][key]), rel=1e-5
+        )
+    # And it is not trivially equal: a quarter of the batch trains differently.
+    quarter, _, _ = _train(4)
+    assert not np.allclose(whole.weights[0].numpy(), quarter.weights[0].numpy(), atol=1e-4)
+
+
+def test_steps_per_loop_equals_one_step_per_call():
+    looped, looped_totals, _ = _train(8, calls=(3,))
+    single, single_totals, _ = _train(8, calls=(1, 1, 1))
+    _assert_same_weights(looped, single, rtol=1e-6, atol=1e-7)
+    for key in loop.TRAIN_METRICS:
+        summed = sum(float(totals[key]) for totals in single_totals)
+        assert float(looped_totals[0][key]) == pytest.approx(summed, rel=1e-5, abs=1e-6), key
+    assert float(looped_totals[0]['count']) == 24.0
+
+
+def test_xla_step_equals_plain_step():
+    plain, _, _ = _train(8)
+    compiled, _, _ = _train(8, jit_compile=True)
+    _assert_same_weights(plain, compiled, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_average_follows_its_formula_and_is_swapped_in(tmp_path):
+    # The average after each step from the weights after that step, in NumPy.
+    model = _mlp()
+    optimizer = keras.optimizers.SGD(0.1)
+    optimizer.build(model.trainable_variables)
+    average = ema.WeightAverage(model, 0.75)
+    train_step = steps.TrainStep(model, optimizer, global_batch_size=8, weight_average=average)
+    expected = [w.numpy().astype(np.float64) for w in model.weights]
+    for images, labels in _data(8):
+        train_step(images, labels)
+        expected = [0.75 * e + 0.25 * w.numpy() for e, w in zip(expected, model.weights)]
+    for got, want in zip(average.averages, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-7)
+
+    training = [w.numpy() for w in model.weights]
+    with average.swapped_in():
+        for weight, want in zip(model.weights, expected):
+            np.testing.assert_allclose(weight.numpy(), want, rtol=1e-6, atol=1e-7)
+    for weight, want in zip(model.weights, training):
+        np.testing.assert_array_equal(weight.numpy(), want)
+
+    # Checkpointed beside the model, and loadable into a model for evaluation.
+    path = tf.train.Checkpoint(model=model, weight_average=average).save(str(tmp_path / 'c'))
+    assert any(name.startswith('weight_average/') for name, _ in tf.train.list_variables(path))
+    fresh = _mlp()
+    tf.train.Checkpoint(model=fresh).restore(path).expect_partial()
+    assert ema.restore_averages_into(fresh, path)
+    for weight, want in zip(fresh.weights, expected):
+        np.testing.assert_allclose(weight.numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_weight_average_in_the_loop_matches_the_step():
+    looped, _, looped_average = _train(8, weight_average=True)
+    model = _mlp()
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    average = ema.WeightAverage(model, 0.5)
+    train_step = steps.TrainStep(
+        model,
+        optimizer,
+        global_batch_size=8,
+        weight_decay=1e-2,
+        label_smoothing=0.1,
+        weight_average=average,
+    )
+    for images, labels in _data(8):
+        train_step(images, labels)
+    for a, b in zip(looped_average.averages, average.averages):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+# --- Flag validation in main.py (before TensorFlow is imported: fast). ---------------
+
+
+@pytest.mark.parametrize(
+    'flags,message',
+    [
+        (['--batch_size=64', '--grad_accum_steps=3'], '--grad_accum_steps=3 must be positive'),
+        (['--lr_sched=piecewise'], '--lr_sched=piecewise needs --lr_boundaries'),
+        (
+            ['--lr_sched=piecewise', '--lr_boundaries=30,60', '--lr_values=0.1,0.01'],
+            '--lr_values needs 3 values',
+        ),
+        (['--loss_scale=huge'], "--loss_scale=huge must be 'auto', 'dynamic'"),
+        (['--ema_decay=1.5'], '--ema_decay=1.5 must be in [0, 1)'),
+    ],
+)
+def test_bad_training_flags_are_one_line_errors(tmp_path, flags, message):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, 'main.py'),
+            '--synthetic_data',
+            f'--model_dir={tmp_path}',
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('main.py: error: ' + message), last

@@ -1,0 +1,100 @@
+"""Classifies image files with an exported model and prints the top-5 classes.
+
+  python -m trainer.predict --model=/runs/d121/saves/epoch_090 cat.jpg dog.jpg
+  python -m trainer.predict --model=/runs/d121 cat.jpg        # the run's newest export
+
+The export's `serving_bytes` signature does the evaluation preprocessing itself, so
+this reads the files' bytes and nothing else; it needs neither Keras nor the dataset.
+Names are printed where the export carries them (from the TFRecords' class text or
+synset), else class indices only.
+
+Its few options are parsed with argparse rather than absl flags: absl flags are
+global to a process and belong to `main.py` alone (see EXAMPLES.md), and this small
+separate entry point should not share or clash with them.
+"""
+
+import argparse
+import glob
+import os
+import sys
+from typing import List, Sequence
+
+SIGNATURE_BYTES = 'serving_bytes'  # trainer.export.SIGNATURE_BYTES, without importing it.
+
+
+class PredictError(Exception):
+    """A problem the user can fix (a path, a file); printed as one line."""
+
+
+def find_export(path: str) -> str:
+    """`path` if it is a SavedModel, else the newest `saves/epoch_NNN` below a model_dir."""
+    if os.path.exists(os.path.join(path, 'saved_model.pb')):
+        return path
+    exports = sorted(glob.glob(os.path.join(path, 'saves', 'epoch_*', 'saved_model.pb')))
+    if not exports:
+        raise PredictError(f'--model={path} is neither a SavedModel nor a model_dir with saves/')
+    return os.path.dirname(exports[-1])
+
+
+def format_predictions(name: str, classes, probabilities, names) -> List[str]:
+    """The lines printed for one image: its name, then rank, probability, class and name."""
+    lines = [name]
+    for rank, (index, probability, label) in enumerate(zip(classes, probabilities, names), 1):
+        label = label.decode('utf8', 'replace') if isinstance(label, bytes) else label
+        lines.append(f'  {rank}. {probability:7.4f}  {int(index):4d}  {label}'.rstrip())
+    return lines
+
+
+def predict(model_path: str, image_paths: Sequence[str]) -> List[str]:
+    """Returns the printed lines for `image_paths` classified by the export at `model_path`."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # After argument errors.
+
+    export = find_export(model_path)
+    loaded = tf.saved_model.load(export)
+    if SIGNATURE_BYTES not in loaded.signatures:
+        raise PredictError(
+            f'{export} has no {SIGNATURE_BYTES} signature (exported by an older version); '
+            'evaluate it with main.py --only_eval instead'
+        )
+    classify = loaded.signatures[SIGNATURE_BYTES]
+    lines = []
+    for path in image_paths:
+        try:
+            with open(path, 'rb') as stream:
+                encoded = stream.read()
+        except OSError as error:
+            raise PredictError(f'cannot read {path}: {error.strerror}') from None
+        try:
+            outputs = classify(image_bytes=tf.constant([encoded]))
+        except tf.errors.InvalidArgumentError:
+            raise PredictError(f'{path} is not a JPEG or PNG image') from None
+        lines += format_predictions(
+            path,
+            outputs['top5_classes'][0].numpy(),
+            outputs['top5_probabilities'][0].numpy(),
+            outputs['top5_names'][0].numpy(),
+        )
+    return lines
+
+
+def main(argv: Sequence[str] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog='python -m trainer.predict',
+        description='Print the top-5 classes of images, using an exported model.',
+    )
+    parser.add_argument(
+        '--model', required=True, help='a SavedModel (saves/epoch_NNN), or a model_dir'
+    )
+    parser.add_argument('images', nargs='+', help='JPEG or PNG files')
+    args = parser.parse_args(argv)
+    try:
+        lines = predict(args.model, args.images)
+    except PredictError as error:
+        print(f'predict: error: {error}', file=sys.stderr)
+        return 1
+    print('\n'.join(lines))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
