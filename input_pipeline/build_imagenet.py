@@ -253,10 +253,6 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, int]:
     """Writes one shard (unless a finished one is there); returns (split, index, count)."""
     from input_pipeline import writer  # noqa: PLC0415  (TensorFlow: in workers only)
 
-    name = writer.shard_names(job.split, job.num_shards)[job.index]
-    final = os.path.join(job.output_dir, name)
-    if os.path.exists(final):
-        return job.split, job.index, -1
     examples = []
     for source in job.sources:
         encoded, height, width = _encoded_jpeg(source.read(), f'{source.path}:{source.name}')
@@ -272,8 +268,12 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, int]:
                 bboxes=job.boxes.get(source.name, ()),
             )
         )
-    writer.write_shard(examples, final)
+    writer.write_shard(examples, _shard_path(job))
     return job.split, job.index, len(examples)
+
+
+def _shard_path(job: _ShardJob) -> str:
+    return os.path.join(job.output_dir, f'{job.split}-{job.index:05d}-of-{job.num_shards:05d}')
 
 
 def count_records(path: str) -> int:
@@ -301,21 +301,23 @@ class Progress:
     """A progress bar on a terminal; plain periodic lines in a log."""
 
     def __init__(self, total: int, stream=None):
-        self.total, self.done, self.images = total, 0, 0
+        self.total, self.done, self.images, self.kept = total, 0, 0, 0
         self.stream = stream or sys.stderr
         self.start = self.last_line = time.time()
         self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
 
-    def advance(self, images: int, skipped: bool = False) -> None:
+    def advance(self, images: int, kept: bool = False) -> None:
+        """Counts a finished shard: `images` written now, or `kept` from an earlier run."""
         self.done += 1
         self.images += images
+        self.kept += kept
         now = time.time()
         rate = self.images / max(now - self.start, 1e-9)
-        remaining = (self.total - self.done) * (now - self.start) / max(self.done, 1)
+        remaining = (self.total - self.done) * (now - self.start) / max(self.done - self.kept, 1)
         text = (
-            f'{self.done}/{self.total} shards, {self.images:,} images written '
-            f'({rate:.0f}/s), about {remaining / 60:.0f} min left'
-            + (' (kept a finished shard)' if skipped else '')
+            f'{self.done}/{self.total} shards'
+            + (f' ({self.kept} kept from an earlier run)' if self.kept else '')
+            + f', {self.images:,} images written ({rate:.0f}/s), about {remaining / 60:.0f} min left'
         )
         if self.tty:
             filled = int(30 * self.done / max(self.total, 1))
@@ -380,13 +382,21 @@ def build(
                 )
             )
     progress = Progress(len(jobs), progress_stream)
-    num_workers = num_workers or os.cpu_count() or 1
-    # Spawned workers each import TensorFlow afresh; forking a process that has already
-    # started TensorFlow's threads is unsafe.
-    context = multiprocessing.get_context('spawn')
-    with context.Pool(min(num_workers, max(len(jobs), 1))) as pool:
-        for _, _, count in pool.imap_unordered(_write_shard, jobs):
-            progress.advance(max(count, 0), skipped=count < 0)
+    # A shard under its final name is finished (they are renamed when complete).
+    todo = [job for job in jobs if not os.path.exists(_shard_path(job))]
+    for _ in range(len(jobs) - len(todo)):
+        progress.advance(0, kept=True)
+    num_workers = min(num_workers or os.cpu_count() or 1, len(todo))
+    if num_workers <= 1:
+        for job in todo:
+            progress.advance(_write_shard(job)[2])
+    else:
+        # Spawned workers each import TensorFlow afresh; forking a process that has
+        # already started TensorFlow's threads is unsafe.
+        context = multiprocessing.get_context('spawn')
+        with context.Pool(num_workers) as pool:
+            for _, _, count in pool.imap_unordered(_write_shard, todo):
+                progress.advance(count)
     return verify(output_dir, jobs)
 
 
@@ -396,11 +406,9 @@ def verify(output_dir: str, jobs: Sequence[_ShardJob]) -> dict[str, int]:
     Raises:
       ValueError: naming the first shard with a wrong count.
     """
-    from input_pipeline import writer  # noqa: PLC0415
-
     totals = collections.Counter()
     for job in jobs:
-        path = os.path.join(output_dir, writer.shard_names(job.split, job.num_shards)[job.index])
+        path = _shard_path(job)
         found = count_records(path)
         if found != len(job.sources):
             raise ValueError(

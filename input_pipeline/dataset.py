@@ -21,7 +21,6 @@ not a bad record.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import tensorflow as tf
@@ -43,8 +42,9 @@ _EPOCH_LIMIT = 2**31
 # Tags that fold a purpose into an epoch's key, giving independent random streams.
 _FILE_ORDER, _PIPELINE, _RECORD_ORDER, _AUGMENTATION, _MIXING = range(5)
 
-# Independent streams of one example's seed, one per random kernel.
-_CROP, _FLIP, _RANDAUGMENT, _COLOR, _LIGHTING = range(5)
+# The random kernels; each draws from a stream of its own.
+_KERNELS = ('crop', 'flip', 'randaugment', 'color', 'lighting')
+_CROP, _FLIP, _RANDAUGMENT, _COLOR, _LIGHTING = range(len(_KERNELS))
 
 
 def list_files(dataset_dir: str, split: str) -> list[str]:
@@ -242,19 +242,47 @@ def train_dataset(
     # Mixing is done in float32 on whole batches; the cast to `dtype` follows it.
     example_dtype = tf.float32 if mixes else dtype
 
-    def preprocess(key: tf.Tensor, position: tf.Tensor, record: tf.Tensor, filename: tf.Tensor):
-        example = decode.parse_record(
-            record,
-            filename,
+    def prepare(keys: tf.Tensor, positions: tf.Tensor, serialized: tf.Tensor, filenames: tf.Tensor):
+        """Parses and checks a batch of records and gives each example its seeds.
+
+        Per batch, not per example: one parse, one label check and one image check
+        for the batch cost a fraction of one per example. The label check comes before
+        any record can be skipped, so a bad label stops the run even with
+        `skip_bad_records`.
+        """
+        parsed = decode.parse_records(serialized, schema=schema)
+        stored_labels = parsed['stored_label']
+        labels = decode.check_labels(
+            stored_labels - label_offset,
+            stored_labels,
+            filenames,
             label_offset=label_offset,
             num_classes=num_classes,
-            schema=schema,
-            check_label=False,
         )
-        seeds = tf.random.experimental.stateless_split(_fold_in(key, position), 5)
+        encoded = parsed['encoded']
+        if not skip_bad_records:
+            encoded = decode.check_image(encoded, filenames)
+        # A seed per kernel and example: (the kernel's key for the epoch, the example's
+        # position in it), which is what `stateless_fold_in(key, position)` would give.
+        seeds = tf.stack(
+            [
+                tf.broadcast_to(keys[:, tf.newaxis], [len(_KERNELS), tf.size(positions)]),
+                tf.broadcast_to(positions, [len(_KERNELS), tf.size(positions)]),
+            ],
+            axis=-1,
+        )
+        return (
+            decode.as_jpeg_batch(encoded),
+            parsed['bbox'],
+            tf.transpose(seeds, [1, 0, 2]),
+            tf.cast(labels, tf.int32),
+            positions,
+        )
+
+    def augment_example(encoded, bbox, seeds, label, position):
         image = augment.decode_and_random_crop(
-            decode.check_image(example['encoded'], filename),
-            example['bbox'],
+            encoded,
+            bbox,
             seeds[_CROP],
             image_size=image_size,
             area_range=area_range,
@@ -272,26 +300,18 @@ def train_dataset(
             image = augment.color_jitter(tf.cast(image, tf.float32), seeds[_COLOR], color_jitter)
         if pca_lighting:
             image = augment.pca_lighting(tf.cast(image, tf.float32), seeds[_LIGHTING], pca_lighting)
-        image = augment.normalize(image, example_dtype)
-        return image, example['label'], example['stored_label'], position, filename
+        return augment.normalize(image, example_dtype), label, position
 
-    def finish_batch(key, batch_index, images, labels, stored_labels, positions, filenames):
-        # One range check per batch; it runs after bad records are skipped, so a bad
-        # label stops the run even with `skip_bad_records`.
-        labels = decode.check_labels(
-            labels, stored_labels, filenames, label_offset=label_offset, num_classes=num_classes
+    def mix(key, batch_index, images, labels):
+        images, labels = mixing.mix_batch(
+            images,
+            labels,
+            _fold_in(key, batch_index),
+            num_classes=num_classes,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
         )
-        if mixes:
-            images, labels = mixing.mix_batch(
-                images,
-                labels,
-                _fold_in(key, batch_index),
-                num_classes=num_classes,
-                mixup_alpha=mixup_alpha,
-                cutmix_alpha=cutmix_alpha,
-            )
-            images = tf.cast(images, dtype)
-        return images, labels, positions
+        return tf.cast(images, dtype), labels
 
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
         """One epoch of this pipeline's batches."""
@@ -331,26 +351,30 @@ def train_dataset(
         first_batch = tf.where(tf.equal(epoch, start_epoch), skip_batches, 0)
         stream = stream.skip(tf.cast(first_batch * batch_size, tf.int64))
         augmentation_key = _fold_in(pipeline_key, _AUGMENTATION)
-        examples = stream.map(
-            lambda position, record_and_file: preprocess(
-                augmentation_key, position, *record_and_file
+        kernel_keys = tf.stack([_fold_in(augmentation_key, k)[0] for k in range(len(_KERNELS))])
+        stream = stream.batch(batch_size).map(
+            lambda positions, records_and_files: prepare(
+                kernel_keys, positions, *records_and_files
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
+        examples = stream.unbatch().map(
+            augment_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
         if skip_bad_records:
             examples = examples.ignore_errors(log_warning=True)
-        if skip_bad_records and batches_per_epoch is not None:
-            examples = examples.take(
-                tf.cast((batches_per_epoch - first_batch) * batch_size, tf.int64)
-            )
+            if batches_per_epoch is not None:
+                remaining = (batches_per_epoch - first_batch) * batch_size
+                examples = examples.take(tf.cast(remaining, tf.int64))
         batches = examples.batch(batch_size, drop_remainder=True)
-        batches = batches.enumerate(start=tf.cast(first_batch, tf.int64))
-        mixing_key = _fold_in(pipeline_key, _MIXING)
-        batches = batches.map(lambda index, batch: finish_batch(mixing_key, index, *batch))
         if skip_bad_records:
             batches = _count_skipped(batches, epoch, first_batch * batch_size, batch_size)
-        return batches.map(lambda images, labels, positions: (images, labels))
+        if not mixes:
+            return batches.map(lambda images, labels, positions: (images, labels))
+        batches = batches.enumerate(start=tf.cast(first_batch, tf.int64))
+        mixing_key = _fold_in(pipeline_key, _MIXING)
+        return batches.map(lambda index, batch: mix(mixing_key, index, *batch[:2]))
 
     dataset = tf.data.Dataset.range(start_epoch, _EPOCH_LIMIT).flat_map(epoch_batches)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -368,7 +392,7 @@ def _count_skipped(
 
     def count(state, batch):
         delivered, reported = state
-        images, labels, positions = batch
+        positions = batch[2]  # (images, labels, positions)
         delivered += batch_size
         skipped = positions[-1] + 1 - first_position - delivered
         report = tf.cond(

@@ -12,6 +12,7 @@ operations whenever it is augmented with the same seed.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -211,7 +212,7 @@ def randaugment(
         level = sign * magnitude / MAX_MAGNITUDE
         image = tf.switch_case(
             choice,
-            [lambda operation=operation: operation(image, level) for operation in OPERATIONS],
+            [functools.partial(operation, image, level) for operation in OPERATIONS],
         )
         image = tf.ensure_shape(image, shape)
     return image

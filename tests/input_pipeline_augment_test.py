@@ -108,12 +108,7 @@ PIL_REFERENCES = {
         image, (1, 0, 0, 0, 1, -0.45 * level * image.shape[0])
     ),
     'rotate': lambda image, level: np.asarray(
-        Image.fromarray(image).rotate(
-            -30 * level,
-            Image.NEAREST,
-            fillcolor=(128, 128, 128),
-            center=((image.shape[1] - 1) / 2, (image.shape[0] - 1) / 2),
-        )
+        Image.fromarray(image).rotate(30 * level, Image.NEAREST, fillcolor=(128, 128, 128))
     ),
 }
 
