@@ -178,7 +178,7 @@ class _Data:
 
         return dataset_fn
 
-    def eval(self) -> tf.distribute.DistributedDataset:
+    def eval_dataset(self) -> tf.distribute.DistributedDataset:
         config = self.config
 
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -212,7 +212,7 @@ def _make_evaluator(strategy, data: _Data, predict_fn, *, show_progress: bool = 
         strategy,
         lambda images, labels, weights: steps.eval_step(predict_fn, images, labels, weights),
     )
-    distributed = data.eval()
+    distributed = data.eval_dataset()
     return lambda: _evaluate(eval_loop, distributed, data.eval_steps, show_progress=show_progress)
 
 
