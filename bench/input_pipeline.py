@@ -21,8 +21,8 @@ scikit-learn, cut and resized to ImageNet's typical sizes (500x375 and its kin) 
 encoded at quality 90 with 4:2:0 chroma, as Flickr served them.
 
 Each repeat times every pipeline in turn (interleaved, so that load from other
-processes falls on all of them alike) after draining what it buffered while the others
-ran; the figures are medians over repeats. CPU time per image (all threads of this
+processes falls on all of them alike), each on a fresh iterator past its start-up
+batches, alone in the process; the figures are medians over repeats. CPU time per image (all threads of this
 process) is printed too: it is the steadier figure on a shared machine. The evaluation
 pipeline (`eval_dataset`: central crop, resize, normalise, pad) is timed the same way.
 The last line is `RESULT {json}`.
@@ -30,6 +30,7 @@ The last line is `RESULT {json}`.
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import json
@@ -60,7 +61,9 @@ flags.DEFINE_bool('bfloat16', True, 'bf16 output (the trainer default), else flo
 flags.DEFINE_integer('num_images', 256, 'Distinct JPEGs, cached in memory.')
 flags.DEFINE_integer('repeats', 7, 'Timed rounds; each times every pipeline once.')
 flags.DEFINE_integer('batches_per_repeat', 16, 'Batches timed per pipeline and round.')
-flags.DEFINE_integer('warmup_batches', 4, 'Batches drained before each timing.')
+flags.DEFINE_integer(
+    'warmup_batches', 8, 'Batches drained before each timing (start-up, autotuning).'
+)
 flags.DEFINE_integer('seed', 0, 'Seed of the images, windows and pipeline.')
 FLAGS = flags.FLAGS
 
@@ -210,14 +213,18 @@ def main(argv):
                 dtype=dtype,
             ).repeat(),
         }
-        iterators = {name: iter(data) for name, data in pipelines.items()}
         speeds = {name: [] for name in pipelines}
         cpu = {name: [] for name in pipelines}
         for repeat in range(FLAGS.repeats):
-            for name, iterator in iterators.items():
+            for name, data in pipelines.items():
+                # A fresh iterator, dropped after timing: a live one would keep working
+                # (and filling its buffers) while the others are timed.
+                iterator = iter(data)
                 images_per_s, cpu_us = time_batches(
                     iterator, batch_size, FLAGS.warmup_batches, FLAGS.batches_per_repeat
                 )
+                del iterator
+                gc.collect()
                 speeds[name].append(images_per_s)
                 cpu[name].append(cpu_us)
             print(

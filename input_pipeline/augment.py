@@ -166,6 +166,7 @@ def decode_window(
     *,
     image_size: int,
     flip: tf.Tensor | None = None,
+    jpeg_only: bool = False,
 ) -> tf.Tensor:
     """Decodes the window `window_fn(image shape)` of an image, flipped, at `image_size`.
 
@@ -182,11 +183,12 @@ def decode_window(
         width]` within the image.
       image_size: side of the square output.
       flip: scalar bool, whether to mirror the window left to right; None for never.
+      jpeg_only: the bytes are known to be a JPEG (see `decode.as_jpeg_batch`).
 
     Returns:
       float32 `[image_size, image_size, 3]` with values in 0..255.
     """
-    jpeg = decode.as_jpeg(encoded)
+    jpeg = encoded if jpeg_only else decode.as_jpeg(encoded)
     window = window_fn(tf.io.extract_jpeg_shape(jpeg))
     image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=3)
     # Flipping the uint8 window before the resize moves a fraction of the bytes that
@@ -208,6 +210,7 @@ def decode_and_random_crop(
     aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
     max_attempts: int = 10,
     flip: tf.Tensor | None = None,
+    jpeg_only: bool = False,
 ) -> tf.Tensor:
     """Decodes a random Inception crop of an image and resizes it (the train crop).
 
@@ -224,6 +227,7 @@ def decode_and_random_crop(
       aspect_ratio_range: allowed width / height of the crop.
       max_attempts: sampling tries before falling back to the central crop.
       flip: scalar bool, mirror the crop left to right (see `flip_decision`).
+      jpeg_only: the bytes are known to be a JPEG (see `decode.as_jpeg_batch`).
 
     Returns:
       float32 `[image_size, image_size, 3]` with values in 0..255.
@@ -239,7 +243,7 @@ def decode_and_random_crop(
             max_attempts=max_attempts,
         )
 
-    return decode_window(encoded, window_fn, image_size=image_size, flip=flip)
+    return decode_window(encoded, window_fn, image_size=image_size, flip=flip, jpeg_only=jpeg_only)
 
 
 def flip_decision(seed: tf.Tensor) -> tf.Tensor:

@@ -245,23 +245,16 @@ def train_dataset(
     def prepare(keys: tf.Tensor, positions: tf.Tensor, serialized: tf.Tensor, filenames: tf.Tensor):
         """Parses and checks a batch of records and gives each example its seeds.
 
-        Per batch, not per example: one parse, one label check and one image check
-        for the batch cost a fraction of one per example. The label check comes before
-        any record can be skipped, so a bad label stops the run even with
-        `skip_bad_records`.
+        Per batch, not per example: one parse and one image check for the batch cost a
+        fraction of one per example.
         """
         parsed = decode.parse_records(serialized, schema=schema)
-        stored_labels = parsed['stored_label']
-        labels = decode.check_labels(
-            stored_labels - label_offset,
-            stored_labels,
-            filenames,
-            label_offset=label_offset,
-            num_classes=num_classes,
-        )
         encoded = parsed['encoded']
         if not skip_bad_records:
-            encoded = decode.check_image(encoded, filenames)
+            # Named errors for bytes that would fail to decode; PNGs and the like become
+            # JPEGs here, for one check per batch. With `skip_bad_records` both wait for
+            # the example's own map, where an error drops that example alone.
+            encoded = decode.as_jpeg_batch(decode.check_image(encoded, filenames))
         # A seed per kernel and example: (the kernel's key for the epoch, the example's
         # position in it), which is what `stateless_fold_in(key, position)` would give.
         seeds = tf.stack(
@@ -271,23 +264,24 @@ def train_dataset(
             ],
             axis=-1,
         )
+        labels = tf.cast(parsed['stored_label'] - label_offset, tf.int32)
         return (
-            decode.as_jpeg_batch(encoded),
+            encoded,
             parsed['bbox'],
             tf.transpose(seeds, [1, 0, 2]),
-            tf.cast(labels, tf.int32),
-            positions,
+            (labels, parsed['stored_label'], filenames, positions),
         )
 
-    def augment_example(encoded, bbox, seeds, label, position):
+    def augment_example(encoded, bbox, seeds, label_and_origin):
         image = augment.decode_and_random_crop(
-            encoded,
+            decode.as_jpeg(encoded) if skip_bad_records else encoded,
             bbox,
             seeds[_CROP],
             image_size=image_size,
             area_range=area_range,
             aspect_ratio_range=aspect_ratio_range,
             flip=augment.flip_decision(seeds[_FLIP]) if random_flip else None,
+            jpeg_only=True,
         )
         if randaugment_layers:
             image = randaugment.randaugment(
@@ -300,9 +294,16 @@ def train_dataset(
             image = augment.color_jitter(tf.cast(image, tf.float32), seeds[_COLOR], color_jitter)
         if pca_lighting:
             image = augment.pca_lighting(tf.cast(image, tf.float32), seeds[_LIGHTING], pca_lighting)
-        return augment.normalize(image, example_dtype), label, position
+        return augment.normalize(image, example_dtype), label_and_origin
 
-    def mix(key, batch_index, images, labels):
+    def finish_batch(key, batch_index, images, label_and_origin):
+        labels, stored_labels, filenames, _ = label_and_origin
+        # After any skipping: a bad label stops the run even with `skip_bad_records`.
+        labels = decode.check_labels(
+            labels, stored_labels, filenames, label_offset=label_offset, num_classes=num_classes
+        )
+        if not mixes:
+            return images, labels
         images, labels = mixing.mix_batch(
             images,
             labels,
@@ -370,11 +371,9 @@ def train_dataset(
         batches = examples.batch(batch_size, drop_remainder=True)
         if skip_bad_records:
             batches = _count_skipped(batches, epoch, first_batch * batch_size, batch_size)
-        if not mixes:
-            return batches.map(lambda images, labels, positions: (images, labels))
         batches = batches.enumerate(start=tf.cast(first_batch, tf.int64))
         mixing_key = _fold_in(pipeline_key, _MIXING)
-        return batches.map(lambda index, batch: mix(mixing_key, index, *batch[:2]))
+        return batches.map(lambda index, batch: finish_batch(mixing_key, index, *batch))
 
     dataset = tf.data.Dataset.range(start_epoch, _EPOCH_LIMIT).flat_map(epoch_batches)
     return dataset.prefetch(tf.data.AUTOTUNE)
@@ -392,7 +391,7 @@ def _count_skipped(
 
     def count(state, batch):
         delivered, reported = state
-        positions = batch[2]  # (images, labels, positions)
+        positions = batch[1][3]  # (images, (labels, stored labels, files, positions))
         delivered += batch_size
         skipped = positions[-1] + 1 - first_position - delivered
         report = tf.cond(

@@ -33,6 +33,8 @@ FEATURES = {
 
 # The leading bytes of the formats `decode_rgb` reads besides JPEG (`is_jpeg` knows it).
 _SIGNATURES = (b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'BM')
+# What `tf.io.is_jpeg` looks for: the start-of-image marker and the next marker's 0xFF.
+_JPEG_START = b'\xff\xd8\xff'
 # JPEG's end-of-image marker. Entropy-coded data never contains it (0xFF is stuffed
 # there), so a JPEG that does not end with it was cut short, or has data appended.
 _JPEG_END = b'\xff\xd9'
@@ -148,8 +150,43 @@ def parse_record(
     }
 
 
+def parse_records(
+    serialized: tf.Tensor, *, schema: formats.RecordSchema = formats.SLIM_SCHEMA
+) -> dict[str, tf.Tensor]:
+    """Parses a batch of serialized `tf.train.Example`s in one op.
+
+    The train pipeline parses (and checks) records a batch at a time before decoding
+    them one by one: one op for a batch costs less than one per record.
+
+    Args:
+      serialized: string `[B]`.
+      schema: the record keys.
+
+    Returns:
+      `encoded` (string `[B]`), `stored_label` (int64 `[B]`) and `bbox` (a float32
+      RaggedTensor `[B, None, 4]` of (ymin, xmin, ymax, xmax), empty rows without boxes).
+    """
+    spec = {
+        schema.image_key: tf.io.FixedLenFeature([], tf.string),
+        schema.label_key: tf.io.FixedLenFeature([], tf.int64),
+    }
+    if schema.has_boxes:
+        spec.update({key: tf.io.RaggedFeature(tf.float32) for key in _BOX_KEYS})
+    features = tf.io.parse_example(serialized, spec)
+    if schema.has_boxes:
+        bbox = tf.stack([features[key] for key in _BOX_KEYS], axis=-1)
+    else:
+        size = tf.shape(serialized, out_type=tf.int64)[0]
+        bbox = tf.RaggedTensor.from_row_lengths(tf.zeros([0, 4]), tf.zeros([size], tf.int64))
+    return {
+        'encoded': features[schema.image_key],
+        'stored_label': features[schema.label_key],
+        'bbox': bbox,
+    }
+
+
 def image_problem(encoded: tf.Tensor) -> tf.Tensor:
-    """Says cheaply, without decoding, what is wrong with an image's bytes ('' if nothing).
+    """Says cheaply, without decoding, what is wrong with images' bytes ('' if nothing).
 
     Catches what decoders report without naming the record: bytes of no image format
     at all (an HTML error page saved as .JPEG, an empty file) and JPEGs cut short (a
@@ -159,16 +196,19 @@ def image_problem(encoded: tf.Tensor) -> tf.Tensor:
     does not call this (and skips only what fails to decode).
 
     Args:
-      encoded: scalar string tensor.
+      encoded: string tensor of any shape (one image, or a batch).
 
     Returns:
-      Scalar string: '' for a readable image, else a short description.
+      String tensor of the same shape: '' for a readable image, else a description.
     """
-    is_jpeg = tf.io.is_jpeg(encoded)
+    head = tf.strings.substr(encoded, 0, 8)
+    is_jpeg = tf.strings.substr(head, 0, 3) == _JPEG_START
     known = tf.reduce_any(
-        [tf.strings.substr(encoded, 0, len(signature)) == signature for signature in _SIGNATURES]
+        [tf.strings.substr(head, 0, len(signature)) == signature for signature in _SIGNATURES],
+        axis=0,
     )
-    end = tf.strings.substr(encoded, tf.maximum(tf.strings.length(encoded) - 2, 0), 2)
+    start = tf.maximum(tf.strings.length(encoded) - 2, 0)
+    end = tf.strings.substr(encoded, start, tf.fill(tf.shape(start), 2))
     return tf.where(
         tf.logical_not(tf.logical_or(is_jpeg, known)),
         'not a JPEG, PNG, GIF or BMP image',
@@ -183,12 +223,18 @@ def image_problem(encoded: tf.Tensor) -> tf.Tensor:
 def check_image(encoded: tf.Tensor, filename: tf.Tensor | str) -> tf.Tensor:
     """Returns `encoded` once `image_problem` finds nothing; otherwise fails naming the file.
 
+    Works on one image or a batch (with a file name per image).
+
     Raises:
       tf.errors.InvalidArgumentError: (at run time) "undecodable image in FILE: ...".
     """
-    problem = image_problem(encoded)
-    message = tf.strings.join(['undecodable image in ', filename, ': ', problem])
-    check = tf.debugging.Assert(tf.equal(problem, ''), [message])
+    problem = tf.reshape(image_problem(encoded), [-1])
+    first_bad = tf.argmax(tf.cast(problem != '', tf.int32))
+    filename = tf.reshape(tf.broadcast_to(filename, tf.shape(encoded)), [-1])
+    message = tf.strings.join(
+        ['undecodable image in ', filename[first_bad], ': ', problem[first_bad]]
+    )
+    check = tf.debugging.Assert(tf.reduce_all(tf.equal(problem, '')), [message])
     with tf.control_dependencies([check]):
         return tf.identity(encoded)
 
@@ -211,6 +257,15 @@ def as_jpeg(encoded: tf.Tensor) -> tf.Tensor:
     )
     reencoded = tf.io.encode_jpeg(other, quality=_REENCODE_QUALITY, chroma_downsampling=False)
     return tf.where(is_jpeg, encoded, reencoded)
+
+
+def as_jpeg_batch(encoded: tf.Tensor) -> tf.Tensor:
+    """`as_jpeg` of a batch, for one check when all are JPEGs (nearly always)."""
+    return tf.cond(
+        tf.reduce_all(tf.strings.substr(encoded, 0, 3) == _JPEG_START),
+        lambda: encoded,
+        lambda: tf.map_fn(as_jpeg, encoded),
+    )
 
 
 def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
