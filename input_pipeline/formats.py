@@ -244,5 +244,5 @@ def find_dataset(
         label_offset=offset,
         how='; '.join(how),
     )
-    logging.info('Data: %s', found_files.describe())
+    logging.info('Dataset layout found: %s', found_files.describe())
     return found_files
