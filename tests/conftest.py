@@ -3,6 +3,9 @@
 import os
 import sys
 
+import pytest
+from absl import logging as absl_logging
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -27,3 +30,18 @@ def _split_the_cpu_in_two():
 
 
 _split_the_cpu_in_two()
+
+
+@pytest.fixture
+def absl_info_logs():
+    """absl's INFO lines reach pytest's `caplog`, whatever ran before.
+
+    Until something sets it, absl's logger follows the root logger's level, which
+    `caplog.at_level` raises to INFO. But `tf.saved_model.save` reads absl's verbosity
+    and writes it back (`AutoTrackable._trackable_children`), which pins absl's logger
+    at WARNING for the rest of the process once any test has exported a model.
+    """
+    before = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    yield
+    absl_logging.set_verbosity(before)

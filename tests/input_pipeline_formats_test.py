@@ -151,7 +151,9 @@ def denormalize(images: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize('layout', formats.LAYOUTS)
-def test_each_layout_is_detected_and_read(tmp_path, images, references, layout, caplog):
+def test_each_layout_is_detected_and_read(
+    tmp_path, images, references, layout, caplog, absl_info_logs
+):
     root = write_layout(str(tmp_path), layout, images)
     with caplog.at_level(logging.INFO):
         found = formats.find_dataset(root)
