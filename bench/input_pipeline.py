@@ -10,9 +10,16 @@ same crop-window distribution:
   normalise, batch, in the compute dtype;
 - naive: the textbook tf.data pipeline, a parallel map of full `decode_jpeg`, then
   crop and bilinear resize, then batch (default tf.data settings), from JPEG bytes in
-  memory;
+  memory; its images are float32, as the resize returns them. `naive_cast` casts them
+  to our output dtype (bfloat16 by default), which spares it half the bytes to batch:
+  the like-for-like comparison;
 - floor: `decode_and_crop_jpeg` of crop windows and nothing else, from JPEG bytes in
   memory: the bare cost of decoding the pixels a crop needs.
+
+A fourth, `kernel`, runs our per-example kernels (window sampling, fused decode-crop,
+flip, resize, normalise, cast) on the same in-memory bytes as naive and floor, without
+what neither of them does (TFRecord reading and parsing, shuffling, checks): it shows
+the kernels' own cost next to theirs.
 
 The windows of naive and floor come from our own sampler (`augment.random_crop_window`,
 the paper's area and aspect ranges), one per image and repeat; ours draws its own from
@@ -122,13 +129,18 @@ def crop_windows(jpegs: list[bytes], rounds: int, seed: int) -> np.ndarray:
     return np.array(windows, np.int32)
 
 
-def naive_pipeline(jpegs, windows, image_size, batch_size) -> tf.data.Dataset:
-    """Full decode, then crop and resize: the pipeline most tutorials write."""
+def naive_pipeline(jpegs, windows, image_size, batch_size, dtype=None) -> tf.data.Dataset:
+    """Full decode, then crop and resize: the pipeline most tutorials write.
+
+    Its images are float32, as `tf.image.resize` returns them; with `dtype`, they are
+    cast to it (the same output as ours, without normalisation or flips).
+    """
 
     def preprocess(encoded, window):
         image = tf.io.decode_jpeg(encoded, channels=3)
         image = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
-        return tf.image.resize(image, [image_size, image_size])
+        image = tf.image.resize(image, [image_size, image_size])
+        return image if dtype is None else tf.cast(image, dtype)
 
     source = tf.data.Dataset.from_tensor_slices(
         (tf.constant(jpegs * _rounds(windows, jpegs)), windows)
@@ -148,6 +160,31 @@ def floor_pipeline(jpegs, windows, batch_size) -> tf.data.Dataset:
     )
     data = source.repeat().map(decode_window, num_parallel_calls=tf.data.AUTOTUNE)
     # Batching the shapes only spares the consumer a Python step per image.
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def kernel_pipeline(jpegs, image_size, batch_size, dtype, seed) -> tf.data.Dataset:
+    """Our per-example kernels alone, on the in-memory JPEGs naive and floor read.
+
+    The train pipeline less what these two do not do either: reading and parsing
+    TFRecords, shuffling, checks. Crop windows are sampled inside, as in training.
+    """
+
+    def preprocess(index, encoded):
+        crop_seed = tf.stack([tf.constant(seed, tf.int64), 2 * index])
+        flip_seed = tf.stack([tf.constant(seed, tf.int64), 2 * index + 1])
+        image = augment.decode_and_random_crop(
+            encoded,
+            tf.zeros([0, 4]),
+            crop_seed,
+            image_size=image_size,
+            flip=augment.flip_decision(flip_seed),
+            jpeg_only=True,
+        )
+        return augment.normalize(image, dtype)
+
+    source = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat().enumerate()
+    data = source.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -201,7 +238,9 @@ def main(argv):
                 # dataset larger than its shuffle buffer would read on.
                 batches_per_epoch=100000,
             ),
+            'kernel': kernel_pipeline(jpegs, image_size, batch_size, dtype, FLAGS.seed),
             'naive': naive_pipeline(jpegs, windows, image_size, batch_size),
+            'naive_cast': naive_pipeline(jpegs, windows, image_size, batch_size, dtype),
             'floor': floor_pipeline(jpegs, windows, batch_size),
             'eval': dataset.eval_dataset(
                 # The same shards eight times over: long passes, few restarts.
@@ -237,7 +276,7 @@ def main(argv):
     median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     for name in pipelines:
         print(
-            f'{name:6s} median {median[name]:7.0f} images/s '
+            f'{name:10s} median {median[name]:7.0f} images/s '
             f'(range {min(speeds[name]):.0f}-{max(speeds[name]):.0f}), '
             f'{median_cpu[name]:6.0f} CPU us per image'
         )
@@ -246,7 +285,12 @@ def main(argv):
         'vs_naive': round(median['ours'] / median['naive'], 3),
         'vs_floor': round(median['ours'] / median['floor'], 3),
         'eval_images_per_s': round(median['eval'], 1),
+        'kernel_images_per_s': round(median['kernel'], 1),
+        'kernel_vs_naive': round(median['kernel'] / median['naive'], 3),
+        'kernel_vs_floor': round(median['kernel'] / median['floor'], 3),
         'naive_images_per_s': round(median['naive'], 1),
+        'naive_cast_images_per_s': round(median['naive_cast'], 1),
+        'vs_naive_cast': round(median['ours'] / median['naive_cast'], 3),
         'floor_images_per_s': round(median['floor'], 1),
         'cpu_us_per_image': {name: round(value) for name, value in median_cpu.items()},
         'cpu_vs_naive': round(median_cpu['naive'] / median_cpu['ours'], 3),

@@ -1,8 +1,13 @@
 """ImageNet-layout TFRecords in, augmented batches out; knows nothing of the model.
 
-decode.py    the record schema (`FEATURES`), `parse_record` with its label check, RGB decode
-augment.py   stateless kernels: Inception crop fused with JPEG decode, flip, normalise
-dataset.py   the tf.data graphs: reproducible train stream, exact padded eval, synthetic
-writer.py    images (or a folder per class) -> TFRecord shards in the slim layout
-digits.py    the bundled demo dataset, built from scikit-learn's digits scans
+formats.py         the three on-disk layouts (TF-slim, Cloud TPU, TFDS): files, keys, labels
+records.py         reads TFRecord shards, naming a truncated or corrupt file
+decode.py          record parsing with its checks (labels, image bytes); RGB decode
+augment.py         stateless kernels: Inception crop fused with decode, flip, colour, normalise
+randaugment.py     RandAugment's 14 operations, stateless
+mixing.py          batch-level mixup and CutMix (soft labels)
+dataset.py         the tf.data graphs: reproducible train stream, exact padded eval, synthetic
+writer.py          images (or a folder per class) -> TFRecord shards in the slim layout
+build_imagenet.py  the ILSVRC2012 downloads (tars or folders) -> verified slim shards
+digits.py          the bundled demo dataset, built from scikit-learn's digits scans
 """

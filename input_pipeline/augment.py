@@ -5,22 +5,26 @@ same output for the same seed. The dataset derives each example's seed from (see
 epoch, position in the epoch), so a resumed run augments exactly as the original did
 and no random generator state has to be checkpointed.
 
-Decoding is where an input pipeline spends its time, so the kernels decode as little as
-they can (measured by `bench/input_pipeline.py`):
+Decoding is where an input pipeline spends its time, so the kernels do as little
+besides as they can (measured by `bench/input_pipeline.py`, on a 2-core x86 CPU):
 
-- only the crop window (`decode_and_crop_jpeg`): libjpeg skips the inverse DCT and the
-  colour conversion of everything outside it;
-- at a reduced scale where the window is at least twice the output size: libjpeg's
-  DCT-domain downscaling (`ratio` 2, 4 or 8) does less work and averages pixels, which
-  also spares the bilinear resize its aliasing, and no detail the output could hold is
-  lost;
+- only the crop window is decoded (`decode_and_crop_jpeg`): libjpeg skips the inverse
+  DCT and the colour conversion of everything outside it;
+- no control flow per image: tf.data runs each branch of a `tf.cond` as a function
+  call of its own, which cost more per image than a whole bilinear resize. PNGs and
+  other non-JPEGs are re-encoded as JPEGs (`decode.as_jpeg`) instead of branching, a
+  flip reverses no axis or the width axis, and a missing box is sliced, not branched;
 - flips are applied to the uint8 window before the resize, a quarter of the bytes of
   the float image after it;
-- the resize takes the uint8 pixels and returns float32, so no float copy of the window
-  is ever made;
 - normalisation multiplies and adds full-size constants: TensorFlow's per-channel
-  broadcasting of a `[3]` vector over an image runs several times slower than plain
+  broadcasting of a `[3]` vector over an image ran several times slower than plain
   element-wise arithmetic.
+
+Two ideas that were measured and left out: libjpeg's DCT-domain downscaling (the
+`ratio` argument) saved only ~20% of a window's decode at ImageNet's JPEG quality,
+where entropy decoding dominates, and applies only to windows at least twice the output
+(1.6% of Inception crops of 500x375 photos at 224); the branch that picks the ratio cost
+more than it saved. Resizing float32 instead of uint8 input made no measurable difference.
 """
 
 from __future__ import annotations
@@ -261,6 +265,7 @@ def decode_and_center_crop(
     *,
     image_size: int,
     crop_fraction: float = CENTER_CROP_FRACTION,
+    jpeg_only: bool = False,
 ) -> tf.Tensor:
     """Decodes the central square crop of an image and resizes it (the eval crop).
 
@@ -268,6 +273,7 @@ def decode_and_center_crop(
       encoded: scalar string tensor, JPEG (or PNG) bytes.
       image_size: side of the square output.
       crop_fraction: side of the crop as a fraction of the image's shorter side.
+      jpeg_only: the bytes are known to be a JPEG (see `decode.as_jpeg_batch`).
 
     Returns:
       float32 `[image_size, image_size, 3]` with values in 0..255.
@@ -276,6 +282,7 @@ def decode_and_center_crop(
         encoded,
         lambda shape: central_crop_window(shape, crop_fraction),
         image_size=image_size,
+        jpeg_only=jpeg_only,
     )
 
 

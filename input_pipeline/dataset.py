@@ -10,6 +10,9 @@ pipelines and padded with zero-weight examples so that every replica runs the sa
 number of full batches (a replica that runs out early would hang the others in their
 collective ops).
 
+Both graphs parse and check records a batch at a time, then decode and augment them
+one at a time: what can be vectorised (parsing, checks, seeds) costs one op per batch.
+
 Bad data stops a run with the file named (`records.py` for damaged TFRecord files,
 `decode.check_image` and `decode.check_labels` for records), or, with
 `skip_bad_records`, is skipped: a damaged file's unreadable rest, and a record whose
@@ -109,18 +112,26 @@ def _pipeline_layout(
     return num_pipelines, input_context.input_pipeline_id, num_replicas // num_pipelines
 
 
-def _check_enough_records(files: Sequence[str], needed: int) -> None:
+def _check_enough_records(files: tf.data.Dataset, needed: int, skip_bad_records: bool) -> None:
     """Fails when the files hold fewer records than one training step needs.
 
     Such a dataset would yield empty epochs forever (each epoch is cut to whole steps),
     so iteration would hang instead of failing. Reads at most `needed` records.
+
+    Args:
+      files: `(filename, size)` pairs, see `records.file_table`.
+      needed: records one step needs.
+      skip_bad_records: as in `train_dataset`.
     """
-    found_records = tf.data.TFRecordDataset(list(files)).take(needed)
-    found = int(found_records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    found_records = records.read_files(files, skip_bad_records=skip_bad_records, cycle_length=1)
+    found = int(
+        found_records.take(needed).reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1)
+    )
     if found < needed:
+        first = next(iter(files.take(1)))[0].numpy().decode()
         raise ValueError(
             f'the train files hold {found} records, fewer than one step needs ({needed}): '
-            f'lower the batch size or add data ({files[0]} ...)'
+            f'lower the batch size or add data ({first} ...)'
         )
 
 
@@ -233,10 +244,13 @@ def train_dataset(
     shard_records = num_pipelines > 1 and not shard_files
     # Records per step across the pipelines that split one record stream between them.
     records_per_step = batch_size * replicas_per_pipeline * (num_pipelines if shard_records else 1)
-    _check_enough_records(files, records_per_step * (num_pipelines if shard_files else 1))
-
     file_names = tf.constant(list(files))
     file_sizes = tf.constant(records.file_sizes(files), tf.int64)
+    _check_enough_records(
+        tf.data.Dataset.from_tensor_slices((file_names, file_sizes)),
+        records_per_step * (num_pipelines if shard_files else 1),
+        skip_bad_records,
+    )
     run_key = tf.constant([seed, 0], tf.int64)
     mixes = mixup_alpha > 0 or cutmix_alpha > 0
     # Mixing is done in float32 on whole batches; the cast to `dtype` follows it.
@@ -468,24 +482,38 @@ def eval_dataset(
     stream = stream.shard(num_pipelines, pipeline_id)
     stream = stream.apply(tf.data.experimental.assert_cardinality(own_examples))
 
-    def center_crop(encoded: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
+    def prepare(serialized: tf.Tensor, filenames: tf.Tensor):
+        """Parses and checks a batch of records (one op each for the batch)."""
+        parsed = decode.parse_records(serialized, schema=schema)
+        stored_labels = parsed['stored_label']
+        labels = decode.check_labels(
+            tf.cast(stored_labels - label_offset, tf.int32),
+            stored_labels,
+            filenames,
+            label_offset=label_offset,
+            num_classes=num_classes,
+        )
+        encoded = parsed['encoded']
+        if not skip_bad_records:
+            encoded = decode.as_jpeg_batch(decode.check_image(encoded, filenames))
+        return encoded, labels, filenames
+
+    def center_crop(encoded: tf.Tensor) -> tf.Tensor:
         image = augment.decode_and_center_crop(
-            decode.check_image(encoded, filename),
+            encoded,
             image_size=image_size,
             crop_fraction=crop_fraction,
+            jpeg_only=not skip_bad_records,
         )
         return augment.normalize(image, dtype)
 
-    def preprocess(record: tf.Tensor, filename: tf.Tensor):
-        example = decode.parse_record(
-            record, filename, label_offset=label_offset, num_classes=num_classes, schema=schema
-        )
+    def preprocess(encoded: tf.Tensor, label: tf.Tensor, filename: tf.Tensor):
         if not skip_bad_records:
-            return center_crop(example['encoded'], filename), example['label'], tf.constant(1.0)
+            return center_crop(encoded), label, tf.constant(1.0)
         # A dataset that drops a failing decode is the graph's only try/except; it costs
         # a few hundred microseconds per image, paid only in this mode.
-        attempt = tf.data.Dataset.from_tensors((example['encoded'], filename))
-        attempt = attempt.map(lambda encoded, name: (center_crop(encoded, name), True))
+        attempt = tf.data.Dataset.from_tensors(encoded)
+        attempt = attempt.map(lambda data: (center_crop(data), True))
         fallback = (tf.zeros([image_size, image_size, 3], dtype), False)
         attempt = attempt.ignore_errors().concatenate(tf.data.Dataset.from_tensors(fallback))
         image, decoded = attempt.take(1).get_single_element()
@@ -500,11 +528,14 @@ def eval_dataset(
         )
         with tf.control_dependencies([report]):
             weight = tf.cast(decoded, tf.float32)
-        return image, tf.where(decoded, example['label'], 0), weight
+        return image, tf.where(decoded, label, 0), weight
 
     # Batching right after the map lets tf.data write each image straight into its
     # batch (map-and-batch fusion); the last, partial batch is padded on its own.
-    batches = stream.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    stream = stream.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    batches = stream.unbatch().map(
+        preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
     batches = batches.batch(batch_size)
 
     def pad_batch(images, labels, weights):

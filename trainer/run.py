@@ -68,7 +68,9 @@ class _Data:
         self.dtype = tf.bfloat16 if config.compute_dtype == 'bfloat16' else tf.float32
         # Mixup and CutMix turn labels into float32 [batch, num_classes] rows.
         self.soft_labels = config.mixup_alpha > 0 or config.cutmix_alpha > 0
-        self.schema, self.label_offset = formats.SLIM_SCHEMA, config.label_offset
+        # Replaced by what the records say; synthetic data reads none.
+        self.schema = formats.SLIM_SCHEMA
+        self.label_offset = 1 if config.label_offset is None else config.label_offset
         if config.synthetic_data:
             self.train_files = self.eval_files = []
             self.num_train, self.num_eval = IMAGENET_TRAIN_EXAMPLES, 0
