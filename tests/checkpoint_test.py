@@ -18,8 +18,10 @@ import tensorflow as tf
 import densenet
 from trainer import checkpoint as checkpoints
 from trainer import h5_weights
+from trainer import loop
 from trainer import nonfinite
 from trainer import preemption
+from trainer import step as steps
 
 
 def _model(num_classes=10, name='densenet_bc_10_4', seed=0):
@@ -192,6 +194,33 @@ def test_training_guard_names_the_step_and_the_value():
     )
     with pytest.raises(nonfinite.NonFiniteError, match='loss is inf at step 5'):
         guard.check({'cross_entropy': 1.0, 'l2': float('inf')}, first_step=5, last_step=5)
+
+
+def test_loop_names_the_first_nonfinite_step_not_the_loop():
+    # Six steps in one loop call; the fourth batch holds a NaN, so steps 4-6 (global
+    # steps 14-16 of a loop that starts at 11) are not finite.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    optimizer = keras.optimizers.SGD(0.01)
+    optimizer.build(model.trainable_variables)
+    train_step = steps.TrainStep(model, optimizer, global_batch_size=8)
+    images = np.random.default_rng(0).normal(size=(6, 8, 4)).astype('float32')
+    images[3, 5, 2] = np.nan
+    labels = np.tile(np.arange(8) % 3, (6, 1))
+    iterator = iter(tf.data.Dataset.from_tensor_slices((images, labels)))
+    train_loop = loop.make_train_loop(tf.distribute.get_strategy(), train_step)
+    totals = train_loop(iterator, tf.constant(6))
+    assert int(totals['first_nonfinite_step']) == 3
+    assert np.isnan(float(totals['first_nonfinite_loss']))
+    with pytest.raises(nonfinite.NonFiniteError, match=r'^training loss is nan at step 14; '):
+        nonfinite.TrainingGuard().check(totals, first_step=11, last_step=16)
+    # A finite loop reports no step, and passes.
+    finite = iter(tf.data.Dataset.from_tensor_slices((images[:3], labels[:3])))
+    keras.utils.set_random_seed(0)
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    totals = train_loop(finite, tf.constant(3))
+    assert int(totals['first_nonfinite_step']) == -1
+    nonfinite.TrainingGuard().check(totals, first_step=17, last_step=19)
 
 
 def test_training_guard_counts_consecutive_skipped_steps():

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import densenet
+from trainer import run
 from trainer import schedules
 from trainer import step as steps
 
@@ -209,3 +210,28 @@ def test_conflicting_flags_are_one_line_errors(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         'main.py: error: --only_eval evaluates and exits; it cannot be combined with --train_steps'
     )
+
+
+def test_eval_result_of_a_repeated_step_replaces_the_earlier_row(tmp_path):
+    # A run killed after an evaluation and before its checkpoint evaluates the same
+    # step again on resume; a kill mid-write leaves half a line.
+    path = tmp_path / 'eval_results.jsonl'
+    only_eval = {'epoch': 2, 'step': 20, 'top1': 0.5, 'path': '/runs/a/checkpoints'}
+    path.write_text(
+        json.dumps({'epoch': 1, 'step': 10, 'top1': 0.25})
+        + '\n'
+        + json.dumps(only_eval)
+        + '\n'
+        + json.dumps({'epoch': 2, 'step': 20, 'top1': 0.5})
+        + '\n'
+        + '{"epoch": 3, "st'
+    )
+    run._append_result(str(tmp_path), {'epoch': 2, 'step': 20, 'top1': 0.75})
+    run._append_result(str(tmp_path), only_eval)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(row['step'], row['top1'], 'path' in row) for row in rows] == [
+        (10, 0.25, False),
+        (20, 0.5, True),
+        (20, 0.75, False),
+        (20, 0.5, True),
+    ]

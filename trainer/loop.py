@@ -14,7 +14,7 @@ nested graph), while a `tf.cond` around a whole `strategy.run` works on every
 strategy we run.
 """
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 
@@ -25,7 +25,11 @@ EVAL_METRICS = ('cross_entropy', 'top1', 'top5', 'count')
 
 
 def _summed_loop(
-    step_fn: Callable, keys: Sequence[str], *, measure_input_wait: bool = False
+    step_fn: Callable,
+    keys: Sequence[str],
+    *,
+    measure_input_wait: bool = False,
+    loss_of: Optional[Callable] = None,
 ) -> Callable:
     """Wraps `step_fn(batch) -> dict of sums over replicas` into `loop(iterator, num_steps)`.
 
@@ -37,13 +41,19 @@ def _summed_loop(
     compute: it bounds the device's starving from above. Only with
     `measure_input_wait`: TensorFlow refuses to read the clock in a graph under op
     determinism (`--deterministic`).
+
+    With `loss_of(sums) -> scalar loss`, it also returns `first_nonfinite_step`, the
+    0-based index in the loop of the first step whose loss was not finite (-1 if
+    none), and `first_nonfinite_loss`, that loss: a sum over the loop cannot say which
+    step diverged, and a user going back to a checkpoint needs to know.
     """
 
     @tf.function
     def loop(iterator, num_steps):
         totals = {key: tf.constant(0.0) for key in keys}
         input_wait = tf.constant(0.0, tf.float64)
-        for _ in tf.range(num_steps):
+        first_bad, bad_loss = tf.constant(-1, tf.int32), tf.constant(0.0)
+        for index in tf.range(num_steps):
             if measure_input_wait:
                 start = tf.timestamp()
                 with tf.control_dependencies([start]):
@@ -54,6 +64,13 @@ def _summed_loop(
                 batch = next(iterator)
             sums = step_fn(batch)
             totals = {key: totals[key] + sums[key] for key in keys}
+            if loss_of is not None:
+                loss = tf.cast(loss_of(sums), tf.float32)
+                first = tf.logical_and(first_bad < 0, tf.logical_not(tf.math.is_finite(loss)))
+                first_bad = tf.where(first, tf.cast(index, tf.int32), first_bad)
+                bad_loss = tf.where(first, loss, bad_loss)
+        if loss_of is not None:
+            totals = {**totals, 'first_nonfinite_step': first_bad, 'first_nonfinite_loss': bad_loss}
         if not measure_input_wait:
             return totals
         return {**totals, 'input_wait': tf.cast(input_wait, tf.float32)}
@@ -87,7 +104,8 @@ def make_train_loop(
 
     Returns:
       The loop; it returns TRAIN_METRICS summed over replicas and steps (`skipped`
-      counts the steps dynamic loss scaling skipped), and `input_wait` when measured.
+      counts the steps dynamic loss scaling skipped), `first_nonfinite_step` and
+      `first_nonfinite_loss` (see `_summed_loop`), and `input_wait` when measured.
     """
     gradients_fn, apply_fn = train_step.gradients, train_step.apply
     if jit_compile:
@@ -119,7 +137,14 @@ def make_train_loop(
             sums['skipped'] = tf.constant(0.0)
         return sums
 
-    return _summed_loop(one_step, TRAIN_METRICS, measure_input_wait=measure_input_wait)
+    return _summed_loop(
+        one_step, TRAIN_METRICS, measure_input_wait=measure_input_wait, loss_of=step_loss
+    )
+
+
+def step_loss(sums: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """One step's training loss from its metrics summed over replicas (as logged)."""
+    return sums['cross_entropy'] / tf.maximum(sums['count'], 1.0) + sums['l2']
 
 
 def make_eval_loop(

@@ -61,7 +61,8 @@ class TrainingGuard:
 
         Args:
           totals: the loop's metrics summed over replicas and steps (`cross_entropy`,
-            `l2`, `count` and, with loss scaling, `skipped`).
+            `l2`, `count` and, with loss scaling, `skipped`), and, where the loop tracks
+            it, `first_nonfinite_step` (index in the loop, -1 for none) with its loss.
           first_step: the global step of the loop's first step (1-based).
           last_step: the global step after the loop.
           newest_checkpoint: named in the message, so the user knows where to go back to.
@@ -76,6 +77,10 @@ class TrainingGuard:
             if num_steps == 1
             else f'in steps {first_step}-{last_step} (one loop: its sum)'
         )
+        first_bad = int(totals.get('first_nonfinite_step', -1))
+        if first_bad >= 0:
+            # The loop knows the step: name it and its own loss, not the loop's sum.
+            loss, where = float(totals['first_nonfinite_loss']), f'at step {first_step + first_bad}'
         after = (
             f'the newest checkpoint, {newest_checkpoint}, is unaffected'
             if newest_checkpoint

@@ -238,9 +238,36 @@ def _evaluate(eval_loop, distributed, eval_steps, *, show_progress=True) -> Dict
 
 
 def _append_result(model_dir: str, result: Dict) -> None:
+    """Adds `result` to `eval_results.jsonl`: one row per training step, the newest kept.
+
+    The trainer evaluates before it checkpoints, so a run killed between the two repeats
+    that evaluation when it resumes: its row replaces the earlier one of the same step,
+    instead of standing twice in the file. `--only_eval` rows (they carry a `path`) are
+    always added. A line cut short by a kill mid-write is dropped. The file is replaced
+    atomically, so a kill now leaves the old file or the new one.
+    """
     os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, 'eval_results.jsonl'), 'a') as stream:
-        stream.write(json.dumps(result) + '\n')
+    path = os.path.join(model_dir, 'eval_results.jsonl')
+    lines = []
+    if os.path.exists(path):
+        with open(path) as stream:
+            for line in stream:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    logging.warning('Dropped a damaged line of %s: %r', path, line[:200])
+                    continue
+                if (
+                    'path' not in result
+                    and 'path' not in row
+                    and row.get('step') == result.get('step')
+                ):
+                    continue
+                lines.append(line.rstrip('\n'))
+    lines.append(json.dumps(result))
+    with open(path + '.tmp', 'w') as stream:
+        stream.write('\n'.join(lines) + '\n')
+    os.replace(path + '.tmp', path)
 
 
 def _epoch_value(step: int, steps_per_epoch: int):
@@ -428,7 +455,11 @@ def _train(
             last_step=step,
             newest_checkpoint=state.latest,
         )
-        window = {key: window.get(key, 0.0) + float(value) for key, value in totals.items()}
+        window = {
+            key: window.get(key, 0.0) + float(value)
+            for key, value in totals.items()
+            if not key.startswith('first_nonfinite')
+        }
         window_steps += num_steps
         profiler.after_steps(step)
 
