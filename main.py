@@ -70,7 +70,8 @@ flags.DEFINE_bool(
     'memory_efficient',
     False,
     'Recompute BN-ReLU-conv of dense layers in the backward pass: far less activation '
-    'memory for about a fifth more time; same weights and checkpoints values.',
+    'memory for about a fifth more time; the same weights, but checkpoints laid out '
+    'differently, so a run keeps the setting it started with.',
 )
 # Data processing.
 flags.DEFINE_enum(
@@ -424,8 +425,9 @@ def _config():
 
 
 # The flags that shape a run's checkpoints: a model_dir that holds a run with other
-# values cannot be resumed with these.
-_RUN_IDENTITY = ('model', 'image_size', 'num_classes')
+# values cannot be resumed with these. (--memory_efficient keeps the weights but nests
+# the dense layers differently, so the checkpoints' object paths differ.)
+_RUN_IDENTITY = ('model', 'image_size', 'num_classes', 'memory_efficient')
 
 
 def _read_text(path):
@@ -467,6 +469,10 @@ def _check_run_dir(config):
         if line.startswith('--') and '=' in line:
             name, value = line[2:].split('=', 1)
             previous[name] = value
+        elif line.startswith('--no'):  # A boolean flag, false.
+            previous[line[4:].strip()] = 'False'
+        elif line.startswith('--'):  # A boolean flag, true.
+            previous[line[2:].strip()] = 'True'
     differences = [
         (name, previous[name], str(getattr(config, name)))
         for name in _RUN_IDENTITY

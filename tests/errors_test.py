@@ -51,6 +51,14 @@ def _cases(tmp, digits_dir):
         os.path.join(other, 'flags.cfg'),
         b'--model=densenet121\n--image_size=224\n--num_classes=10\n',
     )
+    # A run folder of the same model, trained without --memory_efficient (flags.cfg
+    # as absl writes a false boolean).
+    plain = os.path.join(tmp, 'plain_run')
+    _write(os.path.join(plain, 'checkpoints', 'checkpoint'), b'model_checkpoint_path: "ckpt-5"\n')
+    _write(
+        os.path.join(plain, 'flags.cfg'),
+        b'--model=densenet_bc_10_4\n--image_size=32\n--num_classes=10\n--nomemory_efficient\n',
+    )
     model_dir = os.path.join(tmp, 'model')
     data = f'--dataset_dir={digits_dir}'
     return [
@@ -155,6 +163,12 @@ def _cases(tmp, digits_dir):
             ],
         ),
         (
+            'model_dir_of_another_layout',
+            [*TINY, data, f'--model_dir={plain}', '--memory_efficient'],
+            {},
+            [plain, '--memory_efficient=False', 'not --memory_efficient=True'],
+        ),
+        (
             'missing_habana_module',
             ['--synthetic_data', '--device=hpu', f'--model_dir={model_dir}'],
             {},
@@ -179,6 +193,7 @@ CASE_NAMES = [
     'bad_tf_config',
     'unknown_model',
     'model_dir_of_another_model',
+    'model_dir_of_another_layout',
     'missing_habana_module',
 ]
 
