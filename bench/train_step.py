@@ -8,9 +8,11 @@ memory), on the same synthetic batch, model, batch size, optimizer (SGD, momentu
 no weight decay: `model.fit` would not add our L2 term) and precision:
 
 - throughput, images/s (median over `--repeats` windows of `--steps` steps, after a
-  warm-up that includes tracing): our loop with one step per `tf.function` call, with
-  `--steps_per_loop` steps per call, and with `--jit_compile`; Keras `model.fit`
-  without and with `jit_compile` (`steps_per_execution=1`, its default).
+  warm-up round that includes tracing): our loop with one step per `tf.function`
+  call and with `--steps_per_loop` steps per call, against Keras `model.fit`
+  (`steps_per_execution=1`, its default); then both again with `--jit_compile`. The
+  contenders run in turns, window by window, in one child process (`_child_versus`),
+  so that load from other processes falls on all of them alike.
 - memory: the peak resident memory a train step adds (the child's max RSS minus its
   RSS once model and optimizer are built), plain model against `--memory_efficient`,
   at `--memory_image_size` and `--memory_batch_size`, one child each; and the time per
@@ -62,7 +64,9 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer('child_timeout', 3600, 'Seconds before a measurement is abandoned.')
 # Set by the parent for a child.
-flags.DEFINE_string('child', None, 'Internal: run one measurement (ours, fit, memory, time).')
+flags.DEFINE_string(
+    'child', None, 'Internal: run one measurement (ours, fit, versus, memory, time).'
+)
 flags.DEFINE_bool('jit_compile', False, 'Internal: XLA for the child.')
 flags.DEFINE_bool('memory_efficient', False, 'Internal: memory-efficient model for the child.')
 flags.DEFINE_integer('loop_steps', 1, 'Internal: steps per tf.function call for the child.')
@@ -187,6 +191,71 @@ def _child_fit():
     return {'images_per_second': FLAGS.batch_size / statistics.median(per_step)}
 
 
+def _child_versus():
+    """Our loop and `model.fit` timed in turns in one process, window by window.
+
+    Run one after the other in separate processes, a drift in the machine's load
+    (other jobs, thermal state) lands on one of them only; in turns it lands on both.
+    Each contender has its own model, built from the same seed, on the same batches.
+    Per round: `--steps` steps of our loop at `--loop_steps` steps per call, the same
+    at one step per call, and one `model.fit` epoch of `--steps` steps (timed from its
+    epoch callbacks, so fit's own set-up is left out).
+    """
+    import keras  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    def synthetic(datasets, dtype):
+        return datasets.synthetic_dataset(
+            batch_size=FLAGS.batch_size,
+            image_size=FLAGS.image_size,
+            num_classes=FLAGS.num_classes,
+            dtype=dtype,
+        )
+
+    keras.utils.set_random_seed(0)
+    model, optimizer, dtype, datasets = _build(FLAGS.image_size, False)
+    train_loop = _our_loop(model, optimizer, FLAGS.batch_size, FLAGS.jit_compile)
+    iterator = iter(synthetic(datasets, dtype))
+    keras.utils.set_random_seed(0)
+    fit_model, fit_optimizer, _, _ = _build(FLAGS.image_size, False)
+    fit_model.compile(
+        optimizer=fit_optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=FLAGS.jit_compile,
+    )
+    fit_data = synthetic(datasets, dtype)
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds = time.perf_counter() - self.start
+
+    def ours(loop_steps):
+        start = time.perf_counter()
+        for _ in range(max(1, FLAGS.steps // loop_steps)):
+            float(train_loop(iterator, tf.constant(loop_steps))['count'])  # Waits for it.
+        return (time.perf_counter() - start) / (max(1, FLAGS.steps // loop_steps) * loop_steps)
+
+    def fit():
+        timer = Timer()
+        fit_model.fit(fit_data, epochs=1, steps_per_epoch=FLAGS.steps, callbacks=[timer], verbose=0)
+        return timer.seconds / FLAGS.steps
+
+    contenders = {'ours_loop': lambda: ours(FLAGS.loop_steps), 'ours': lambda: ours(1), 'fit': fit}
+    seconds = {name: [] for name in contenders}
+    for repeat in range(FLAGS.repeats + 1):  # The first round traces and warms up.
+        for name, run in contenders.items():
+            per_step = run()
+            if repeat:
+                seconds[name].append(per_step)
+    return {
+        f'{name}_images_per_second': FLAGS.batch_size / statistics.median(values)
+        for name, values in seconds.items()
+    }
+
+
 def _memory_loop(memory_efficient: bool):
     """(loop, iterator) of one-step calls at the memory runs' size."""
     model, optimizer, dtype, datasets = _build(FLAGS.memory_image_size, memory_efficient)
@@ -266,9 +335,10 @@ def _parent() -> dict:
         'steps_per_loop': FLAGS.steps_per_loop,
     }
     if 'throughput' in parts:
-        ours_1 = _run_child('ours', loop_steps=1)['images_per_second']
-        ours_n = _run_child('ours', loop_steps=FLAGS.steps_per_loop)['images_per_second']
-        fit = _run_child('fit')['images_per_second']
+        versus = _run_child('versus', loop_steps=FLAGS.steps_per_loop)
+        ours_1, ours_n, fit = (
+            versus[f'{name}_images_per_second'] for name in ('ours', 'ours_loop', 'fit')
+        )
         result.update(
             ours_images_per_second=round(ours_1, 2),
             ours_loop_images_per_second=round(ours_n, 2),
@@ -277,12 +347,12 @@ def _parent() -> dict:
             vs_fit_one_step_per_call=round(ours_1 / fit, 3),
         )
     if 'xla' in parts:
-        ours_xla = _run_child('ours', loop_steps=FLAGS.steps_per_loop, jit_compile=True)
-        fit_xla = _run_child('fit', jit_compile=True)
+        versus = _run_child('versus', loop_steps=FLAGS.steps_per_loop, jit_compile=True)
+        ours_xla, fit_xla = versus['ours_loop_images_per_second'], versus['fit_images_per_second']
         result.update(
-            ours_xla_images_per_second=round(ours_xla['images_per_second'], 2),
-            fit_xla_images_per_second=round(fit_xla['images_per_second'], 2),
-            vs_fit_xla=round(ours_xla['images_per_second'] / fit_xla['images_per_second'], 3),
+            ours_xla_images_per_second=round(ours_xla, 2),
+            fit_xla_images_per_second=round(fit_xla, 2),
+            vs_fit_xla=round(ours_xla / fit_xla, 3),
         )
     if 'loop' in parts:
         plain = _run_child('ours', loop_steps=FLAGS.steps_per_loop)['images_per_second']
@@ -319,6 +389,7 @@ def main(argv):
             'fit': _child_fit,
             'memory': _child_memory,
             'time': _child_time,
+            'versus': _child_versus,
         }[FLAGS.child]()
         print('CHILD ' + json.dumps(figures), flush=True)
         return
