@@ -28,6 +28,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 from absl import logging
+from google.protobuf import message
 
 LAYOUTS = ('slim', 'tpu', 'tfds')
 SPLITS = ('train', 'validation')
@@ -130,10 +131,22 @@ def _glob(dataset_dir: str, layout: str, split: str) -> list[str]:
 
 
 def _first_record(files: Sequence[str]) -> tuple[Optional[tf.train.Example], str]:
-    """The first record of the first non-empty file, parsed, and that file's name."""
+    """The first record of the first non-empty, readable file, parsed, and that file's name.
+
+    A damaged file is passed over: the pipeline reports it (or, with
+    `--skip_bad_records`, skips it) when it reads it. Only when no file gives a record
+    and one was damaged is that an error here, naming the file.
+    """
+    damaged = None
     for filename in files:
-        for record in tf.data.TFRecordDataset(filename).take(1):
-            return tf.train.Example.FromString(record.numpy()), filename
+        try:
+            for record in tf.data.TFRecordDataset(filename).take(1):
+                return tf.train.Example.FromString(record.numpy()), filename
+        except (tf.errors.OpError, message.DecodeError) as error:
+            reason = getattr(error, 'message', None) or str(error) or type(error).__name__
+            damaged = damaged or f'TFRecord file {filename} is truncated or corrupt: {reason}'
+    if damaged:
+        raise ValueError(damaged)
     return None, ''
 
 

@@ -90,7 +90,7 @@ def _cases(tmp, digits_dir):
             'corrupt_record',
             [*TINY, f'--dataset_dir={corrupt}', f'--model_dir={model_dir}'],
             {},
-            ['corrupt'],
+            [f'TFRecord file {corrupt}/', 'is truncated or corrupt'],
         ),
         (
             'label_out_of_range',

@@ -274,3 +274,19 @@ def test_bounding_boxes_steer_the_crop_sampler(tmp_path):
     # white; without the box about two thirds of the crops are all black.
     assert np.all(brightness[0] > 20)
     assert np.mean(brightness[1] < 20) > 0.4
+
+
+def test_detection_passes_over_a_damaged_first_file(tmp_path, images):
+    root = write_layout(str(tmp_path), 'tfds', images)
+    found = formats.find_dataset(root)
+    first = sorted(found.train_files + found.validation_files)[0]
+    with open(first, 'wb') as stream:  # A shard overwritten by a failed copy.
+        stream.write(b'\x00' * 100)
+    # Detection reads the next file; the pipeline names the damaged one when it reads it.
+    again = formats.find_dataset(root)
+    assert (again.layout, again.schema, again.label_offset) == ('tfds', formats.TFDS_SCHEMA, 0)
+    for path in found.train_files + found.validation_files:
+        with open(path, 'wb') as stream:
+            stream.write(b'\x00' * 100)
+    with pytest.raises(ValueError, match=r'^TFRecord file .* is truncated or corrupt: '):
+        formats.find_dataset(root)
