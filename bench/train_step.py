@@ -64,9 +64,7 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer('child_timeout', 3600, 'Seconds before a measurement is abandoned.')
 # Set by the parent for a child.
-flags.DEFINE_string(
-    'child', None, 'Internal: run one measurement (ours, fit, versus, memory, time).'
-)
+flags.DEFINE_string('child', None, 'Internal: run one measurement (ours, versus, memory, time).')
 flags.DEFINE_bool('jit_compile', False, 'Internal: XLA for the child.')
 flags.DEFINE_bool('memory_efficient', False, 'Internal: memory-efficient model for the child.')
 flags.DEFINE_integer('loop_steps', 1, 'Internal: steps per tf.function call for the child.')
@@ -148,46 +146,6 @@ def _child_ours():
     )
     train_loop = _our_loop(model, optimizer, FLAGS.batch_size, FLAGS.jit_compile)
     per_step = _time_our_loop(train_loop, iter(data), FLAGS.loop_steps)
-    return {'images_per_second': FLAGS.batch_size / statistics.median(per_step)}
-
-
-def _child_fit():
-    import keras  # pylint: disable=g-import-not-at-top
-
-    model, optimizer, dtype, datasets = _build(FLAGS.image_size, False)
-    data = datasets.synthetic_dataset(
-        batch_size=FLAGS.batch_size,
-        image_size=FLAGS.image_size,
-        num_classes=FLAGS.num_classes,
-        dtype=dtype,
-    )
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=FLAGS.jit_compile,
-    )
-
-    class Timer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.seconds = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(time.perf_counter() - self.start)
-
-    timer = Timer()
-    # Epoch 1 is the warm-up (tracing), as our loop's first two calls.
-    model.fit(
-        data,
-        epochs=1 + FLAGS.repeats,
-        steps_per_epoch=FLAGS.steps,
-        callbacks=[timer],
-        verbose=0,
-    )
-    per_step = [seconds / FLAGS.steps for seconds in timer.seconds[1:]]
     return {'images_per_second': FLAGS.batch_size / statistics.median(per_step)}
 
 
@@ -386,7 +344,6 @@ def main(argv):
     if FLAGS.child:
         figures = {
             'ours': _child_ours,
-            'fit': _child_fit,
             'memory': _child_memory,
             'time': _child_time,
             'versus': _child_versus,
