@@ -103,6 +103,13 @@ def _build(image_size: int, memory_efficient: bool):
     return model, optimizer, dtype, datasets
 
 
+def _synthetic(datasets, dtype, image_size: int, batch_size: int):
+    """The synthetic batches every measurement trains on (`--synthetic_data`'s)."""
+    return datasets.synthetic_dataset(
+        batch_size=batch_size, image_size=image_size, num_classes=FLAGS.num_classes, dtype=dtype
+    )
+
+
 def _our_loop(model, optimizer, batch_size: int, jit_compile: bool):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -138,12 +145,7 @@ def _time_our_loop(train_loop, iterator, loop_steps: int):
 
 def _child_ours():
     model, optimizer, dtype, datasets = _build(FLAGS.image_size, False)
-    data = datasets.synthetic_dataset(
-        batch_size=FLAGS.batch_size,
-        image_size=FLAGS.image_size,
-        num_classes=FLAGS.num_classes,
-        dtype=dtype,
-    )
+    data = _synthetic(datasets, dtype, FLAGS.image_size, FLAGS.batch_size)
     train_loop = _our_loop(model, optimizer, FLAGS.batch_size, FLAGS.jit_compile)
     per_step = _time_our_loop(train_loop, iter(data), FLAGS.loop_steps)
     return {'images_per_second': FLAGS.batch_size / statistics.median(per_step)}
@@ -162,18 +164,10 @@ def _child_versus():
     import keras  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    def synthetic(datasets, dtype):
-        return datasets.synthetic_dataset(
-            batch_size=FLAGS.batch_size,
-            image_size=FLAGS.image_size,
-            num_classes=FLAGS.num_classes,
-            dtype=dtype,
-        )
-
     keras.utils.set_random_seed(0)
     model, optimizer, dtype, datasets = _build(FLAGS.image_size, False)
     train_loop = _our_loop(model, optimizer, FLAGS.batch_size, FLAGS.jit_compile)
-    iterator = iter(synthetic(datasets, dtype))
+    iterator = iter(_synthetic(datasets, dtype, FLAGS.image_size, FLAGS.batch_size))
     keras.utils.set_random_seed(0)
     fit_model, fit_optimizer, _, _ = _build(FLAGS.image_size, False)
     fit_model.compile(
@@ -181,7 +175,7 @@ def _child_versus():
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=FLAGS.jit_compile,
     )
-    fit_data = synthetic(datasets, dtype)
+    fit_data = _synthetic(datasets, dtype, FLAGS.image_size, FLAGS.batch_size)
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -217,12 +211,7 @@ def _child_versus():
 def _memory_loop(memory_efficient: bool):
     """(loop, iterator) of one-step calls at the memory runs' size."""
     model, optimizer, dtype, datasets = _build(FLAGS.memory_image_size, memory_efficient)
-    data = datasets.synthetic_dataset(
-        batch_size=FLAGS.memory_batch_size,
-        image_size=FLAGS.memory_image_size,
-        num_classes=FLAGS.num_classes,
-        dtype=dtype,
-    )
+    data = _synthetic(datasets, dtype, FLAGS.memory_image_size, FLAGS.memory_batch_size)
     iterator = iter(data)
     next(iterator)  # The input pipeline's own buffers belong to the baseline.
     return _our_loop(model, optimizer, FLAGS.memory_batch_size, False), iterator
