@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 import keras
 
+from densenet import batch_norm as batch_norm_lib
+
 # Keras Applications' value: its ported Caffe/Torch weights were trained with
 # it, and the Keras default (1e-3) would change their outputs.
 BN_EPSILON = 1.001e-5
@@ -28,8 +30,12 @@ CHANNEL_AXIS = 3
 
 
 def batch_norm(x: Any, name: str, dtype: Any) -> Any:
-    """BatchNormalization over channels with the Keras Applications epsilon."""
-    return keras.layers.BatchNormalization(
+    """BatchNormalization over channels with the Keras Applications epsilon.
+
+    Our subclass of Keras' layer, whose training-mode backward pass is reproducible
+    (`densenet/batch_norm.py`); the weights and inference are Keras'.
+    """
+    return batch_norm_lib.BatchNormalization(
         axis=CHANNEL_AXIS, epsilon=BN_EPSILON, name=name, dtype=dtype
     )(x)
 

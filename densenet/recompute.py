@@ -32,28 +32,12 @@ from typing import Any, List, Optional
 import keras
 import tensorflow as tf
 
+from densenet import batch_norm
 from densenet import blocks
 
-# Keras 2's fused batch norm updates the moving variance with the unbiased batch
-# variance (n / (n - 1) times the biased one), Keras 3's with the biased one. We
-# follow the installed Keras, so that both variants of the model agree.
-_UNBIASED_MOVING_VARIANCE = keras.__version__.startswith('2.')
-
-
 def _moments(x: tf.Tensor):
-    """Per-channel batch mean and (biased) variance, in float32."""
-    return tf.nn.moments(tf.cast(x, tf.float32), axes=[0, 1, 2])
-
-
-def _update_moving_statistics(layer, mean, variance, count) -> None:
-    """The Keras moving averages of one BatchNormalization layer, updated once."""
-    mean, variance = tf.stop_gradient(mean), tf.stop_gradient(variance)
-    if _UNBIASED_MOVING_VARIANCE:
-        count = tf.cast(count, tf.float32)
-        variance = variance * count / tf.maximum(count - 1.0, 1.0)
-    momentum = layer.momentum
-    for moving, value in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
-        moving.assign(moving * momentum + value * (1.0 - momentum))
+    """Per-channel batch mean and (biased) variance, in float32, one gradient for `x`."""
+    return batch_norm.moments(tf.cast(x, tf.float32))
 
 
 def _bn_relu_conv(x, norm, conv, mean, variance, compute_dtype):
@@ -120,7 +104,7 @@ class RecomputedDenseBlock(keras.layers.Layer):
         k = growth_rate
 
         def norm(name):
-            return keras.layers.BatchNormalization(
+            return batch_norm.BatchNormalization(
                 axis=blocks.CHANNEL_AXIS,
                 epsilon=blocks.BN_EPSILON,
                 momentum=batch_norm_momentum,
@@ -205,13 +189,15 @@ class RecomputedDenseBlock(keras.layers.Layer):
 
     def _train(self, x):
         features = [x]
-        moments = [_moments(x)]
+        # The moments of the concatenation so far, grown by one part per layer: each
+        # part's moments then feed two ops (this layer and the next concatenation),
+        # not every later layer, so their gradients are sums of two terms, whose
+        # order cannot change the result (see densenet/batch_norm.py).
+        mean, variance = _moments(x)
         count = tf.reduce_prod(tf.shape(x)[:3])
         for i in range(self.num_layers):
             norm0, _, norm1, _ = self._dense_layer(i)
-            mean = tf.concat([m for m, _ in moments], axis=0)
-            variance = tf.concat([v for _, v in moments], axis=0)
-            _update_moving_statistics(norm0, mean, variance, count)
+            batch_norm.update_moving_statistics(norm0, mean, variance, count)
             seeds = []
             if self.dropout_rate > 0:
                 # Drawn here, once per call, so that the recomputation draws the same
@@ -221,15 +207,15 @@ class RecomputedDenseBlock(keras.layers.Layer):
             y, mean1, variance1, *features = self._recomputed(self._dense_layer_fn(i))(
                 mean, variance, *seeds, *features
             )
-            _update_moving_statistics(norm1, mean1, variance1, count)
+            batch_norm.update_moving_statistics(norm1, mean1, variance1, count)
             features.append(y)
-            moments.append(_moments(y))
+            new_mean, new_variance = _moments(y)
+            mean = tf.concat([mean, new_mean], axis=0)
+            variance = tf.concat([variance, new_variance], axis=0)
         if not self.transition:
             return _concat(features)
         norm, conv = self._parts[-2:]
-        mean = tf.concat([m for m, _ in moments], axis=0)
-        variance = tf.concat([v for _, v in moments], axis=0)
-        _update_moving_statistics(norm, mean, variance, count)
+        batch_norm.update_moving_statistics(norm, mean, variance, count)
         compute_dtype = self.compute_dtype
 
         def transition(mean, variance, *features):

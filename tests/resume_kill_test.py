@@ -10,16 +10,17 @@ values: resuming changed nothing.
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from main_runs import Started as _Started
+from main_runs import assert_identical as _assert_identical
+from main_runs import checkpoint_values as _checkpoint_values
+from main_runs import checkpoints as _checkpoints
+from main_runs import run_main as _run
+from main_runs import write_pausing_launcher
 
 STEPS = 23  # One epoch: 1,497 training digits at batch 64.
 FLAGS = [
@@ -43,32 +44,6 @@ FLAGS = [
     '--epochs=1',
 ]
 
-# Runs main.py with CheckpointManager.save patched so that the save of checkpoint
-# PAUSE_AT stops after its files are written but before the `checkpoint` state file
-# names it (a write callback runs between the two), and says so: the test kills it
-# there, in the middle of a checkpoint write.
-_PAUSING_LAUNCHER = """
-import os, runpy, sys, time
-sys.path.insert(0, {root!r})
-import tensorflow as tf
-
-PAUSE_AT = int(os.environ['PAUSE_CHECKPOINT_AT'])
-original_save = tf.train.CheckpointManager.save
-
-def save(self, checkpoint_number=None, check_interval=True, options=None):
-    if checkpoint_number == PAUSE_AT:
-        def pause(save_path):
-            print('PAUSED IN CHECKPOINT WRITE', save_path, file=sys.stderr, flush=True)
-            time.sleep(600)
-        options = tf.train.CheckpointOptions(experimental_write_callbacks=[pause])
-    return original_save(self, checkpoint_number, check_interval, options)
-
-tf.train.CheckpointManager.save = save
-sys.argv = ['main.py', *sys.argv[1:]]
-runpy.run_path({main!r}, run_name='__main__')
-"""
-
-
 @pytest.fixture(scope='module')
 def digits_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp('digits') / 'data')
@@ -76,78 +51,6 @@ def digits_dir(tmp_path_factory):
 
     digits.ensure_digits_dataset(path)
     return path
-
-
-def _run(args, timeout=300):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'main.py'), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return result
-
-
-class _Started:
-    """A main.py process whose stderr is read line by line as it runs."""
-
-    def __init__(self, args, *, launcher=None, env=None, timeout=300):
-        command = [sys.executable, launcher or os.path.join(ROOT, 'main.py'), *args]
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines = []
-        # A hung run fails the test instead of hanging it.
-        self._watchdog = threading.Timer(timeout, self.process.kill)
-        self._watchdog.start()
-
-    def wait_for(self, pattern):
-        """Reads stderr until a line matches `pattern`; returns the match."""
-        for line in self.process.stderr:
-            self.lines.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-        raise AssertionError(f'no line matched {pattern!r}; stderr ends:\n{self.tail()}')
-
-    def finish(self):
-        """Reads the rest of stderr and waits; returns the exit status."""
-        self.lines.extend(self.process.stderr)
-        status = self.process.wait()
-        self._watchdog.cancel()
-        return status
-
-    def tail(self):
-        return ''.join(self.lines[-30:])
-
-
-def _checkpoint_values(prefix):
-    """Every training value in a checkpoint (not the save counter, which counts saves)."""
-    reader = tf.train.load_checkpoint(prefix)
-    return {
-        name: reader.get_tensor(name)
-        for name in reader.get_variable_to_shape_map()
-        if not name.startswith(('save_counter', '_CHECKPOINTABLE_OBJECT_GRAPH'))
-    }
-
-
-def _checkpoints(model_dir):
-    """Step -> prefix of the checkpoints the state file lists."""
-    state = tf.train.get_checkpoint_state(os.path.join(model_dir, 'checkpoints'))
-    return {int(path.rsplit('-', 1)[1]): path for path in state.all_model_checkpoint_paths}
-
-
-def _assert_identical(prefix_a, prefix_b):
-    a, b = _checkpoint_values(prefix_a), _checkpoint_values(prefix_b)
-    assert a.keys() == b.keys() and len(a) > 50
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=f'{name} in {prefix_b}')
 
 
 @pytest.fixture(scope='module')
@@ -174,9 +77,8 @@ def test_killed_preempted_and_damaged_run_ends_bit_identical(
 
     # 2. SIGKILL in the middle of writing ckpt-12: its files exist but the state file
     #    does not name them, so the restart resumes from ckpt-8 and writes ckpt-12 anew.
-    launcher = tmp_path / 'pausing_main.py'
-    launcher.write_text(_PAUSING_LAUNCHER.format(root=ROOT, main=os.path.join(ROOT, 'main.py')))
-    run = _Started(args, launcher=str(launcher), env={'PAUSE_CHECKPOINT_AT': '12'})
+    launcher = write_pausing_launcher(tmp_path)
+    run = _Started(args, launcher=launcher, env={'PAUSE_CHECKPOINT_AT': '12'})
     run.wait_for(r'PAUSED IN CHECKPOINT WRITE')
     run.process.kill()
     assert run.finish() == -signal.SIGKILL

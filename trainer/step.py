@@ -47,12 +47,22 @@ def _all_layers(model: keras.Model):
             yield layer
 
 
+def ordered_sum(values: Sequence[tf.Tensor]) -> tf.Tensor:
+    """The sum of float scalars, added in the same order on every run.
+
+    `tf.add_n` adds its inputs in an order that depends on thread timing
+    (`densenet/batch_norm.py` says why), so a sum of many float terms changes in its
+    last bits from run to run; a reduction over the stacked values does not.
+    """
+    return tf.reduce_sum(tf.stack(values))
+
+
 def l2_term(variables: Sequence[tf.Variable], weight_decay: float) -> tf.Tensor:
     """wd/2 * sum(w^2): its gradient adds wd * w, the paper's and PyTorch's weight decay."""
     if not variables or not weight_decay:
         return tf.constant(0.0)
     squares = [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]
-    return 0.5 * weight_decay * tf.add_n(squares)
+    return 0.5 * weight_decay * ordered_sum(squares)
 
 
 def _top_k_correct(logits: tf.Tensor, labels: tf.Tensor, k: int) -> tf.Tensor:
@@ -155,7 +165,7 @@ class TrainStep:
         # share times num_replicas), weighted so that the sum over replicas is the mean:
         # on one replica, exactly the global gradient's. The all-reduced gradient's own
         # norm would cost a second all-reduce of every gradient.
-        metrics['grad_norm_sq'] = self.num_replicas * tf.add_n(
+        metrics['grad_norm_sq'] = self.num_replicas * ordered_sum(
             [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in gradients if g is not None]
         )
         if self.loss_scaler.skips_steps:

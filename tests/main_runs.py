@@ -1,0 +1,126 @@
+"""Helpers for tests that run main.py in a process of its own, and compare checkpoints."""
+
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(ROOT, 'main.py')
+
+# Runs main.py with CheckpointManager.save patched so that the save of checkpoint
+# PAUSE_AT stops after its files are written but before the `checkpoint` state file
+# names it (a write callback runs between the two), and says so: a test kills it
+# there, in the middle of a checkpoint write.
+_PAUSING_LAUNCHER = """
+import os, runpy, sys, time
+sys.path.insert(0, {root!r})
+import tensorflow as tf
+
+PAUSE_AT = int(os.environ['PAUSE_CHECKPOINT_AT'])
+original_save = tf.train.CheckpointManager.save
+
+def save(self, checkpoint_number=None, check_interval=True, options=None):
+    if checkpoint_number == PAUSE_AT:
+        def pause(save_path):
+            print('PAUSED IN CHECKPOINT WRITE', save_path, file=sys.stderr, flush=True)
+            time.sleep(600)
+        options = tf.train.CheckpointOptions(experimental_write_callbacks=[pause])
+    return original_save(self, checkpoint_number, check_interval, options)
+
+tf.train.CheckpointManager.save = save
+sys.argv = ['main.py', *sys.argv[1:]]
+runpy.run_path({main!r}, run_name='__main__')
+"""
+
+
+def write_pausing_launcher(folder) -> str:
+    """A script that runs main.py and pauses in the write of checkpoint $PAUSE_CHECKPOINT_AT."""
+    path = os.path.join(str(folder), 'pausing_main.py')
+    with open(path, 'w') as stream:
+        stream.write(_PAUSING_LAUNCHER.format(root=ROOT, main=MAIN))
+    return path
+
+
+def run_main(args, timeout=300, env=None):
+    """Runs main.py to its end; returns the `subprocess.CompletedProcess`."""
+    return subprocess.run(
+        [sys.executable, MAIN, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
+    )
+
+
+class Started:
+    """A main.py process whose stderr is read line by line as it runs."""
+
+    def __init__(self, args, *, launcher=None, env=None, timeout=300):
+        command = [sys.executable, launcher or MAIN, *args]
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines = []
+        # A hung run fails the test instead of hanging it.
+        self._watchdog = threading.Timer(timeout, self.process.kill)
+        self._watchdog.start()
+
+    def wait_for(self, pattern):
+        """Reads stderr until a line matches `pattern`; returns the match."""
+        for line in self.process.stderr:
+            self.lines.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f'no line matched {pattern!r}; stderr ends:\n{self.tail()}')
+
+    def finish(self):
+        """Reads the rest of stderr and waits; returns the exit status."""
+        self.lines.extend(self.process.stderr)
+        status = self.process.wait()
+        self._watchdog.cancel()
+        return status
+
+    def tail(self):
+        return ''.join(self.lines[-30:])
+
+
+def checkpoint_values(prefix):
+    """Every training value in a checkpoint (not the save counter, which counts saves)."""
+    reader = tf.train.load_checkpoint(prefix)
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if not name.startswith(('save_counter', '_CHECKPOINTABLE_OBJECT_GRAPH'))
+    }
+
+
+def checkpoints(model_dir):
+    """Step -> prefix of the checkpoints the state file lists."""
+    state = tf.train.get_checkpoint_state(os.path.join(model_dir, 'checkpoints'))
+    return {int(path.rsplit('-', 1)[1]): path for path in state.all_model_checkpoint_paths}
+
+
+def differing_values(prefix_a, prefix_b):
+    """The names of the checkpoint values that differ in any bit, and how many there are."""
+    a, b = checkpoint_values(prefix_a), checkpoint_values(prefix_b)
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))[:5]
+    return [name for name in sorted(a) if not np.array_equal(a[name], b[name])], len(a)
+
+
+def assert_identical(prefix_a, prefix_b):
+    """Every value of two checkpoints is bit-identical."""
+    differing, total = differing_values(prefix_a, prefix_b)
+    assert total > 50
+    assert not differing, f'{len(differing)} of {total} values differ in {prefix_b}: {differing[:5]}'
