@@ -65,25 +65,52 @@ def l2_term(variables: Sequence[tf.Variable], weight_decay: float) -> tf.Tensor:
     return 0.5 * weight_decay * ordered_sum(squares)
 
 
-def _top_k_correct(logits: tf.Tensor, labels: tf.Tensor, k: int) -> tf.Tensor:
+def _top_k_correct(logits: tf.Tensor, classes: tf.Tensor, k: int) -> tf.Tensor:
     k = min(k, logits.shape[-1])
-    return tf.cast(tf.math.in_top_k(labels, logits, k), tf.float32)
+    return tf.cast(tf.math.in_top_k(classes, logits, k), tf.float32)
+
+
+def _is_distribution(labels: tf.Tensor) -> bool:
+    """Whether `labels` are target distributions `[batch, classes]`, not class ids `[batch]`."""
+    return labels.dtype.is_floating
+
+
+def reference_classes(labels: tf.Tensor) -> tf.Tensor:
+    """The class each example's top-1 and top-5 are measured against, int32 `[batch]`.
+
+    Class ids are their own reference. For target distributions (mixup, CutMix) it is
+    the argmax: the source that contributes most to the mixed example (for a mixed
+    pair of one class, that class).
+    """
+    if _is_distribution(labels):
+        return tf.argmax(labels, axis=-1, output_type=tf.int32)
+    return tf.cast(labels, tf.int32)
 
 
 def cross_entropy_loss(
     labels: tf.Tensor, logits: tf.Tensor, label_smoothing: float = 0.0
 ) -> tf.Tensor:
-    """Per-example softmax cross-entropy, against smoothed targets when asked.
+    """Per-example softmax cross-entropy against class ids or target distributions.
 
-    Label smoothing (Szegedy et al., 2016) trains towards (1 - eps) on the true class
-    and eps / num_classes on every class, which keeps logits from growing without
-    bound; eps = 0.1 is the usual ImageNet value.
+    The label contract of the train step: `labels` are int class ids `[batch]`, or
+    float target distributions `[batch, classes]` (rows summing to 1), which is what
+    the input pipeline yields with mixup or CutMix.
+
+    Label smoothing (Szegedy et al., 2016) trains towards (1 - eps) on the target and
+    eps / num_classes on every class, which keeps logits from growing without bound;
+    eps = 0.1 is the usual ImageNet value. It is applied here, after the pipeline
+    mixed the targets: both are affine maps of the one-hot targets, so mixing then
+    smoothing equals timm's smoothing then mixing.
     """
-    if not label_smoothing:
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    if not _is_distribution(labels) and not label_smoothing:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
     num_classes = logits.shape[-1]
-    targets = tf.one_hot(labels, num_classes) * (1.0 - label_smoothing)
-    targets += label_smoothing / num_classes
+    if _is_distribution(labels):
+        targets = tf.cast(labels, tf.float32)
+    else:
+        targets = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
     return tf.nn.softmax_cross_entropy_with_logits(targets, logits)
 
 
@@ -147,6 +174,12 @@ class TrainStep:
     ) -> Tuple[List[tf.Tensor], Dict[str, tf.Tensor]]:
         """This replica's unscaled gradients of the global mean loss, and its metrics.
 
+        Args:
+          images: the replica's batch.
+          labels: int class ids `[batch]` or float target distributions `[batch,
+            classes]` (mixup, CutMix); see `cross_entropy_loss`. Top-1 and top-5 count
+            hits of `reference_classes(labels)`.
+
         Returns:
           (gradients, one per trainable variable, not yet summed over replicas;
           metrics: sums over this replica's examples (`cross_entropy`, `top1`, `top5`,
@@ -155,7 +188,6 @@ class TrainStep:
           figures. With dynamic loss scaling also `non_finite`, the number of inf or
           NaN gradient values, which the loop sums over replicas to decide the skip.)
         """
-        labels = tf.cast(labels, tf.int32)
         if self.accumulation_steps == 1:
             gradients, metrics = self._micro_batch(images, labels)
         else:
@@ -206,11 +238,12 @@ class TrainStep:
             loss = cross_entropy / self.global_batch_size + l2
             scaled_loss = self.loss_scaler.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, self.variables)
+        classes = reference_classes(labels)
         metrics = {
             'cross_entropy': cross_entropy,
             'l2': l2,
-            'top1': tf.reduce_sum(_top_k_correct(logits, labels, 1)),
-            'top5': tf.reduce_sum(_top_k_correct(logits, labels, 5)),
+            'top1': tf.reduce_sum(_top_k_correct(logits, classes, 1)),
+            'top5': tf.reduce_sum(_top_k_correct(logits, classes, 5)),
             'count': tf.cast(tf.shape(labels)[0], tf.float32),
         }
         return gradients, metrics
