@@ -19,6 +19,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from trainer import errors
+
 _BEFORE = set(flags.FLAGS)
 
 # Data and output.
@@ -246,7 +248,7 @@ _OURS = sorted(set(flags.FLAGS) - _BEFORE)
 FLAGS = flags.FLAGS
 
 
-class UsageError(ValueError):
+class UsageError(errors.UserError):
     """A flag value or combination that cannot work."""
 
 
@@ -499,6 +501,11 @@ def _write_flagfile(model_dir):
     tf.io.gfile.rename(tmp, os.path.join(model_dir, 'flags.cfg'), overwrite=True)
 
 
+# What the input pipeline's in-graph checks say (input_pipeline/decode.py,
+# input_pipeline/records.py): an InvalidArgumentError with one of these is bad data.
+_DATA_CHECK = re.compile(r'label out of range|undecodable image in|TFRecord file ', re.IGNORECASE)
+
+
 def _one_line(error):
     """A readable single line for an error the user caused.
 
@@ -508,9 +515,7 @@ def _one_line(error):
     """
     message = getattr(error, 'message', None) or str(error)
     # The input pipeline's own messages name the file: a bad label, image or TFRecord file.
-    match = re.search(
-        r'(label out of range|undecodable image in|TFRecord file )[^\n]*', message, re.IGNORECASE
-    )
+    match = re.search(f'({_DATA_CHECK.pattern})[^\\n]*', message, re.IGNORECASE)
     if match:
         message = re.sub(r'\]\s*\[', ' ', match.group(0)).rstrip(']')
     message = re.sub(r'\{\{function_node [^}]*\}\}', '', message.split('\n')[0])
@@ -523,6 +528,32 @@ def _exit_with(error):
     logging.debug('Full error', exc_info=True)
     print(f'main.py: error: {_one_line(error)}', file=sys.stderr)
     sys.exit(1)
+
+
+def _is_user_error(error, tf):
+    """Whether `error` is a mistake in the flags, files or data, rather than a bug."""
+    if isinstance(error, (errors.UserError, FileNotFoundError, PermissionError)):
+        return True
+    if isinstance(error, (tf.errors.DataLossError, tf.errors.NotFoundError)):
+        return True  # A damaged or missing file; TensorFlow's message names it.
+    if isinstance(error, tf.errors.InvalidArgumentError):
+        return bool(_DATA_CHECK.search(getattr(error, 'message', None) or str(error)))
+    return False
+
+
+def _report_bug(tf):
+    """The traceback of an exception that is not the user's doing, and who to blame."""
+    import keras  # pylint: disable=g-import-not-at-top
+    import traceback  # pylint: disable=g-import-not-at-top
+
+    traceback.print_exc()
+    print(
+        'main.py: internal error: the exception above is a bug in the trainer, not a '
+        f'mistake in your flags or data (TensorFlow {tf.__version__}, Keras '
+        f'{keras.__version__}); please report it with the traceback',
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 
 def main(argv):
@@ -550,15 +581,10 @@ def main(argv):
             if distribute.is_chief_task():  # Other workers of a multi-worker run write nothing.
                 _write_flagfile(config.model_dir)
             result = run.train(config)
-    except (
-        UsageError,
-        ValueError,
-        FileNotFoundError,
-        tf.errors.InvalidArgumentError,
-        tf.errors.DataLossError,
-        tf.errors.NotFoundError,
-    ) as error:
-        _exit_with(error)
+    except Exception as error:  # pylint: disable=broad-except
+        if _is_user_error(error, tf):
+            _exit_with(error)
+        _report_bug(tf)
     if result:
         print(
             f'Validation top-1 {result["top1"]:.4f}, top-5 {result["top5"]:.4f}, loss '

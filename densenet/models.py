@@ -23,6 +23,7 @@ import keras
 
 from densenet import blocks
 from densenet import recompute
+from trainer import errors
 
 # name -> (growth rate k, layers in each of the 4 dense blocks); paper Table 1.
 IMAGENET_VARIANTS: Dict[str, Tuple[int, Tuple[int, int, int, int]]] = {
@@ -81,7 +82,7 @@ def _parse_bc(name: str) -> Optional[Tuple[int, int]]:
 
 
 def _unknown_name_error(name: str) -> ValueError:
-    return ValueError(
+    return errors.UserError(
         f'Unknown model name {name!r}; valid names: {", ".join(MODEL_NAMES)}, '
         'or densenet_bc_{depth}_{growth} with (depth - 4) % 6 == 0 and '
         'depth >= 10.'
@@ -229,19 +230,19 @@ def create_model(
       ValueError: for an unknown name or an invalid argument.
     """
     if compute_dtype not in _POLICIES:
-        raise ValueError(
+        raise errors.UserError(
             f'compute_dtype must be one of {sorted(_POLICIES)}, got {compute_dtype!r}.'
         )
     if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f'dropout_rate must be in [0, 1), got {dropout_rate}.')
+        raise errors.UserError(f'dropout_rate must be in [0, 1), got {dropout_rate}.')
     if num_classes < 1:
-        raise ValueError(f'num_classes must be positive, got {num_classes}.')
+        raise errors.UserError(f'num_classes must be positive, got {num_classes}.')
     bc = None if name in IMAGENET_VARIANTS else _parse_bc(name)
     if name not in IMAGENET_VARIANTS and bc is None:
         raise _unknown_name_error(name)
     min_size = 32 if bc is None else 4
     if image_size < min_size:
-        raise ValueError(f'{name} needs image_size >= {min_size}, got {image_size}.')
+        raise errors.UserError(f'{name} needs image_size >= {min_size}, got {image_size}.')
 
     # Passed to every layer rather than set globally, so building a model never
     # changes the policy of layers other code creates.

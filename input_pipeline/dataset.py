@@ -34,6 +34,7 @@ from input_pipeline import formats
 from input_pipeline import mixing
 from input_pipeline import randaugment
 from input_pipeline import records
+from trainer import errors
 
 # Files read at once. Fixed rather than tied to the file count, so the interleaved order
 # depends on the seed and the file list only.
@@ -66,11 +67,11 @@ def list_files(dataset_dir: str, split: str) -> list[str]:
       FileNotFoundError: when the folder is missing or no file matches.
     """
     if not tf.io.gfile.isdir(dataset_dir):
-        raise FileNotFoundError(f'dataset directory {dataset_dir} does not exist')
+        raise errors.MissingFileError(f'dataset directory {dataset_dir} does not exist')
     pattern = formats.split_pattern(dataset_dir, 'slim', split)
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
-        raise FileNotFoundError(f'no {split} TFRecords in {dataset_dir}: nothing matches {pattern}')
+        raise errors.MissingFileError(f'no {split} TFRecords in {dataset_dir}: nothing matches {pattern}')
     return files
 
 
@@ -106,7 +107,7 @@ def _pipeline_layout(
     num_pipelines = input_context.num_input_pipelines
     num_replicas = input_context.num_replicas_in_sync
     if num_replicas % num_pipelines:
-        raise ValueError(
+        raise errors.UserError(
             f'{num_replicas} replicas cannot be split evenly over {num_pipelines} input pipelines'
         )
     return num_pipelines, input_context.input_pipeline_id, num_replicas // num_pipelines
@@ -129,7 +130,7 @@ def _check_enough_records(files: tf.data.Dataset, needed: int, skip_bad_records:
     )
     if found < needed:
         first = next(iter(files.take(1)))[0].numpy().decode()
-        raise ValueError(
+        raise errors.UserError(
             f'the train files hold {found} records, fewer than one step needs ({needed}): '
             f'lower the batch size or add data ({first} ...)'
         )
@@ -234,9 +235,9 @@ def train_dataset(
         when `skip_batches` is not within the epoch.
     """
     if not files:
-        raise ValueError('no train files given')
+        raise errors.UserError('no train files given')
     if batches_per_epoch is not None and not 0 <= skip_batches < batches_per_epoch:
-        raise ValueError(
+        raise errors.UserError(
             f'skip_batches={skip_batches} is not within an epoch of {batches_per_epoch} batches'
         )
     num_pipelines, pipeline_id, replicas_per_pipeline = _pipeline_layout(input_context)

@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 from absl import logging
 from google.protobuf import message
+from trainer import errors
 
 LAYOUTS = ('slim', 'tpu', 'tfds')
 SPLITS = ('train', 'validation')
@@ -112,7 +113,7 @@ def split_pattern(dataset_dir: str, layout: str, split: str) -> str:
         # `{name}-{split}.tfrecord-00000-of-01024`, the name being `imagenet2012` for
         # ImageNet (and, for a TFDS data_dir, in `imagenet2012/5.1.0/` below it).
         return os.path.join(dataset_dir, f'*-{split}.tfrecord-*-of-*')
-    raise ValueError(f'unknown data layout {layout!r}: expected one of {", ".join(LAYOUTS)}')
+    raise errors.UserError(f'unknown data layout {layout!r}: expected one of {", ".join(LAYOUTS)}')
 
 
 def _tfds_version_dirs(dataset_dir: str) -> list[str]:
@@ -146,7 +147,7 @@ def _first_record(files: Sequence[str]) -> tuple[Optional[tf.train.Example], str
             reason = getattr(error, 'message', None) or str(error) or type(error).__name__
             damaged = damaged or f'TFRecord file {filename} is truncated or corrupt: {reason}'
     if damaged:
-        raise ValueError(damaged)
+        raise errors.UserError(damaged)
     return None, ''
 
 
@@ -161,7 +162,7 @@ def schema_of(example: tf.train.Example, filename: str = '') -> RecordSchema:
     for schema in SCHEMAS:
         if schema.image_key in keys and schema.label_key in keys:
             return schema
-    raise ValueError(
+    raise errors.UserError(
         f'{filename}: records hold neither the TF-slim keys (image/encoded, '
         f'image/class/label) nor the TFDS keys (image, label), but {sorted(keys)}'
     )
@@ -199,9 +200,9 @@ def find_dataset(
       ValueError: for an unknown layout, two layouts at once, or unknown record keys.
     """
     if not tf.io.gfile.isdir(dataset_dir):
-        raise FileNotFoundError(f'dataset directory {dataset_dir} does not exist')
+        raise errors.MissingFileError(f'dataset directory {dataset_dir} does not exist')
     if layout not in ('auto',) + LAYOUTS:
-        raise ValueError(f'--data_layout={layout}: expected auto or one of {", ".join(LAYOUTS)}')
+        raise errors.UserError(f'--data_layout={layout}: expected auto or one of {", ".join(LAYOUTS)}')
     candidates = LAYOUTS if layout == 'auto' else (layout,)
     found = {}
     for name in candidates:
@@ -214,17 +215,17 @@ def find_dataset(
                 found[name] = (folder, files)
                 break
     if len(found) > 1:
-        raise ValueError(
+        raise errors.UserError(
             f'{dataset_dir} holds shards of several layouts ({", ".join(found)}): '
             'choose one with --data_layout'
         )
     if not found:
         patterns = ', '.join(split_pattern(dataset_dir, name, splits[0]) for name in candidates)
-        raise FileNotFoundError(f'no TFRecords in {dataset_dir}: nothing matches {patterns}')
+        raise errors.MissingFileError(f'no TFRecords in {dataset_dir}: nothing matches {patterns}')
     ((name, (folder, files)),) = found.items()
     for split in splits:
         if not files[split]:
-            raise FileNotFoundError(
+            raise errors.MissingFileError(
                 f'no {split} TFRecords in {folder}: nothing matches '
                 f'{split_pattern(folder, name, split)}'
             )

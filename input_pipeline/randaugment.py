@@ -17,6 +17,7 @@ import math
 from typing import Callable
 
 import tensorflow as tf
+from trainer import errors
 
 MAX_MAGNITUDE = 10.0
 
@@ -200,7 +201,7 @@ def randaugment(
       uint8 `[H, W, 3]`.
     """
     if not 0 <= magnitude <= MAX_MAGNITUDE:
-        raise ValueError(f'RandAugment magnitude {magnitude} is not in [0, {MAX_MAGNITUDE:g}]')
+        raise errors.UserError(f'RandAugment magnitude {magnitude} is not in [0, {MAX_MAGNITUDE:g}]')
     image = tf.convert_to_tensor(image)
     shape = image.shape
     seeds = tf.random.experimental.stateless_split(seed, 2 * max(num_layers, 1))

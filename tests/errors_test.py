@@ -237,3 +237,51 @@ def test_user_error_is_one_readable_line(results, name):
     assert last.startswith('main.py: error: '), report
     for fragment in fragments:
         assert fragment in last, f'{fragment!r} not in {last!r}\n{report}'
+
+
+# Runs main.py with a bug planted in the train step: a ValueError raised while the step
+# is traced, the kind of error main.py once reported as `main.py: error: in user code:`.
+_BUGGY_LAUNCHER = """
+import runpy, sys
+sys.path.insert(0, {root!r})
+from trainer import step
+
+def broken(labels, logits, label_smoothing=0.0):
+    raise ValueError('planted bug: shapes (3,) and (4,) are incompatible')
+
+step.cross_entropy_loss = broken
+sys.argv = ['main.py', *sys.argv[1:]]
+runpy.run_path({main!r}, run_name='__main__')
+"""
+
+
+def test_internal_error_shows_its_traceback_and_says_it_is_a_bug(tmp_path):
+    launcher = tmp_path / 'buggy_main.py'
+    launcher.write_text(_BUGGY_LAUNCHER.format(root=ROOT, main=os.path.join(ROOT, 'main.py')))
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(launcher),
+            *TINY,
+            '--synthetic_data',
+            '--train_steps=1',
+            f'--model_dir={tmp_path / "model"}',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'},
+    )
+    report = result.stderr[-4000:]
+    assert result.returncode == 2, report
+    assert 'Traceback (most recent call last)' in result.stderr, report
+    assert 'planted bug: shapes (3,) and (4,) are incompatible' in result.stderr, report
+    assert 'main.py: error:' not in result.stderr, report
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('main.py: internal error: '), report
+    import keras
+    import tensorflow as tf
+
+    assert 'a bug in the trainer' in last, last
+    assert f'TensorFlow {tf.__version__}' in last and f'Keras {keras.__version__}' in last, last

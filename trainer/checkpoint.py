@@ -29,6 +29,7 @@ from absl import logging
 import tensorflow as tf
 
 from trainer import nonfinite
+from trainer import errors
 
 # Errors that mean a checkpoint's files are damaged or missing, rather than that the
 # checkpoint belongs to another model (a ValueError or AssertionError, which falling
@@ -42,7 +43,7 @@ UNUSABLE_FOLDER = 'unusable'
 _PREFIX = 'ckpt'
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
     """No usable checkpoint, or one that does not fit the model; printed as one line."""
 
 
@@ -279,7 +280,7 @@ def restore_weights(model, path: str) -> str:
                 candidates = list(reversed(found))
                 break
     if not tf.io.gfile.exists(candidates[0] + '.index'):
-        raise FileNotFoundError(f'no checkpoint found at {path}')
+        raise errors.MissingFileError(f'no checkpoint found at {path}')
     problems = []
     for prefix in candidates:
         try:

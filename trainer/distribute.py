@@ -11,12 +11,13 @@ from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
+from trainer import errors
 
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu', 'hpu')
 DEVICES = ('auto', 'cpu', 'gpu', 'tpu', 'hpu')
 
 
-class StrategyError(ValueError):
+class StrategyError(errors.UserError):
     """A strategy or device that cannot be had on this machine."""
 
 

@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 
 import keras
 import tensorflow as tf
+from trainer import errors
 
 
 class WeightAverage(tf.Module):
@@ -41,7 +42,7 @@ class WeightAverage(tf.Module):
     def __init__(self, model: keras.Model, decay: float):
         super().__init__(name='weight_average')
         if not 0.0 < decay < 1.0:
-            raise ValueError(f'the weight-average decay must be in (0, 1), not {decay}')
+            raise errors.UserError(f'the weight-average decay must be in (0, 1), not {decay}')
         self.decay = float(decay)
         object.__setattr__(self, '_weights', tuple(model.weights))
         self.averages = [

@@ -18,6 +18,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from trainer import errors
 from trainer.checkpoint import CheckpointError
 
 
@@ -99,7 +100,7 @@ def load_h5_weights(model, path: str) -> None:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f'no weights file at {path}')
+        raise errors.MissingFileError(f'no weights file at {path}')
     try:
         handle = h5py.File(path, 'r')
     except OSError as error:

@@ -17,9 +17,10 @@ import math
 from typing import Callable, Iterable, Mapping, Optional
 
 import tensorflow as tf
+from trainer import errors
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(errors.UserError):
     """A non-finite loss or weight, or too many skipped steps: the run cannot go on.
 
     A `ValueError`, so `main.py` prints it as one line and exits non-zero.

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import keras
 import tensorflow as tf
+from trainer import errors
 
 OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop')
 
@@ -56,7 +57,7 @@ def create_optimizer(
     if name == 'rmsprop':
         # The Inception/EfficientNet settings: decay 0.9, momentum 0.9, epsilon 1.0.
         return keras.optimizers.RMSprop(learning_rate, rho=0.9, momentum=momentum, epsilon=1.0)
-    raise ValueError(f'--optimizer={name!r} is not one of {", ".join(OPTIMIZERS)}')
+    raise errors.UserError(f'--optimizer={name!r} is not one of {", ".join(OPTIMIZERS)}')
 
 
 def loss_weight_decay(name: str, weight_decay: float) -> float:

@@ -23,6 +23,7 @@ and every replica takes the same one by construction.
 from typing import Optional, Sequence, Union
 
 import tensorflow as tf
+from trainer import errors
 
 PRECISIONS = ('float32', 'bfloat16', 'float16')
 
@@ -76,7 +77,7 @@ class LossScaler(tf.Module):
     ):
         super().__init__(name='loss_scaler')
         if initial_scale <= 0:
-            raise ValueError(f'the loss scale must be positive, not {initial_scale}')
+            raise errors.UserError(f'the loss scale must be positive, not {initial_scale}')
         self.dynamic = bool(dynamic)
         self.growth_interval = int(growth_interval)
         self.scale = _state_variable(float(initial_scale), tf.float32)
@@ -152,7 +153,7 @@ def create_loss_scaler(precision: str, loss_scale: str = 'auto') -> LossScaler:
         a positive number.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f'--precision={precision!r} is not one of {", ".join(PRECISIONS)}')
+        raise errors.UserError(f'--precision={precision!r} is not one of {", ".join(PRECISIONS)}')
     if loss_scale == 'auto':
         loss_scale = 'dynamic' if precision == 'float16' else '1'
     if loss_scale == 'dynamic':
@@ -162,7 +163,7 @@ def create_loss_scaler(precision: str, loss_scale: str = 'auto') -> LossScaler:
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise ValueError(
+        raise errors.UserError(
             f"--loss_scale={loss_scale!r} must be 'auto', 'dynamic' or a positive number"
         )
     return LossScaler(dynamic=False, initial_scale=value)

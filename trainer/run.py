@@ -35,6 +35,7 @@ from trainer import schedules
 from trainer import step as steps
 from trainer import summaries
 from trainer.config import RunConfig
+from trainer import errors
 
 # ILSVRC2012 sizes, used for synthetic-data runs so that epochs mean the same.
 IMAGENET_TRAIN_EXAMPLES = 1281167
@@ -98,7 +99,7 @@ class _Data:
             )
         self.steps_per_epoch = self.num_train // self.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise errors.UserError(
                 f'--batch_size={config.batch_size} x {strategy.num_replicas_in_sync} replicas '
                 f'is larger than the {self.num_train} training examples in {config.dataset_dir}'
             )
@@ -523,7 +524,7 @@ def evaluate(config: RunConfig) -> Dict[str, float]:
         strategy = tf.distribute.get_strategy()
         predict, image_size = export.load_predict_fn(path)
         if image_size is not None and image_size != config.image_size:
-            raise ValueError(
+            raise errors.UserError(
                 f'--only_eval={path} takes {image_size}x{image_size} images but '
                 f'--image_size={config.image_size}'
             )
@@ -544,7 +545,7 @@ def evaluate(config: RunConfig) -> Dict[str, float]:
         predict = lambda images: model(images, training=False)
     data = _Data(config, strategy)
     if not data.num_eval:
-        raise ValueError(f'--only_eval needs validation data in --dataset_dir={config.dataset_dir}')
+        raise errors.UserError(f'--only_eval needs validation data in --dataset_dir={config.dataset_dir}')
     result = {
         'epoch': None if step is None else _epoch_value(step, data.steps_per_epoch),
         'step': step,

@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
+from trainer import errors
 
 SCHEDULES = ('steps', 'piecewise', 'linear', 'exponential', 'cosine')
 LR_SCALINGS = ('none', 'linear')
@@ -54,22 +55,22 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
     ):
         super().__init__()
         if name not in SCHEDULES:
-            raise ValueError(f'--lr_sched={name!r} is not one of {", ".join(SCHEDULES)}')
+            raise errors.UserError(f'--lr_sched={name!r} is not one of {", ".join(SCHEDULES)}')
         boundaries = [float(b) for b in boundaries]
         if name == 'piecewise':
             if not boundaries or boundaries != sorted(boundaries) or boundaries[0] <= 0:
-                raise ValueError(
+                raise errors.UserError(
                     '--lr_sched=piecewise needs --lr_boundaries: increasing positive epochs'
                 )
             if values is None or not len(values):
                 values = [initial_lr * 0.1**i for i in range(len(boundaries) + 1)]
             if len(values) != len(boundaries) + 1:
-                raise ValueError(
+                raise errors.UserError(
                     f'--lr_values needs one value more than --lr_boundaries '
                     f'({len(boundaries) + 1}), not {len(values)}'
                 )
         if warmup_steps < 0:
-            raise ValueError(f'warmup_steps must be 0 or more, not {warmup_steps}')
+            raise errors.UserError(f'warmup_steps must be 0 or more, not {warmup_steps}')
         self.name = name
         self.initial_lr = float(initial_lr)
         self.final_lr = float(final_lr)
@@ -135,7 +136,7 @@ def lr_multiplier(lr_scaling: str, global_batch: int) -> float:
         return 1.0
     if lr_scaling == 'linear':
         return global_batch / REFERENCE_BATCH
-    raise ValueError(f'--lr_scaling={lr_scaling!r} is not one of {", ".join(LR_SCALINGS)}')
+    raise errors.UserError(f'--lr_scaling={lr_scaling!r} is not one of {", ".join(LR_SCALINGS)}')
 
 
 def from_config(
