@@ -1,0 +1,95 @@
+"""What `--deterministic` costs: training images/s through main.py with and without it.
+
+  python bench/deterministic.py                               # DenseNet-121, 64 px, batch 16
+  python bench/deterministic.py --model=densenet_bc_22_12 --image_size=32 --batch_size=64
+
+`--deterministic` turns on TensorFlow's op determinism (deterministic kernels, no
+clock reads in the loop) and fixes the seeds; the model's own gradient sums are exact
+either way (densenet/batch_norm.py). Each round runs main.py twice on synthetic data,
+once with and once without the flag, alternating which goes first, so that load from
+other processes falls on both alike. A run logs images/s per window of
+`--steps_per_loop` steps; the first window (tracing) is dropped and the rest are
+pooled. The figures are medians over `--rounds`.
+
+The last line is `RESULT {json}` with `ratio` (deterministic over default images/s)
+and both medians.
+"""
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+flags.DEFINE_string('model', 'densenet121', 'Model name.')
+flags.DEFINE_integer('image_size', 64, 'Input side in pixels.')
+flags.DEFINE_integer('batch_size', 16, 'Per-replica batch.')
+flags.DEFINE_integer('steps_per_loop', 5, 'Steps per logged window.')
+flags.DEFINE_integer('windows', 3, 'Timed windows per run, after the tracing one.')
+flags.DEFINE_integer('rounds', 3, 'Pairs of runs.')
+flags.DEFINE_string('precision', 'float32', 'Compute precision of both runs.')
+FLAGS = flags.FLAGS
+
+
+def _images_per_second(deterministic: bool) -> float:
+    """The median images/s of one main.py run's windows after the first."""
+    with tempfile.TemporaryDirectory() as model_dir:
+        steps = FLAGS.steps_per_loop * (FLAGS.windows + 1)
+        command = [
+            sys.executable,
+            os.path.join(ROOT, 'main.py'),
+            '--synthetic_data',
+            f'--model={FLAGS.model}',
+            f'--image_size={FLAGS.image_size}',
+            '--num_classes=1000',
+            f'--batch_size={FLAGS.batch_size}',
+            f'--precision={FLAGS.precision}',
+            f'--train_steps={steps}',
+            f'--steps_per_loop={FLAGS.steps_per_loop}',
+            f'--log_every_steps={FLAGS.steps_per_loop}',
+            f'--checkpoint_every_steps={10 * steps}',
+            '--seed=1',
+            f'--deterministic={str(deterministic).lower()}',
+            f'--model_dir={model_dir}',
+        ]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
+    rates = [float(v) for v in re.findall(r'([\d.]+) images/s', result.stderr)]
+    return statistics.median(rates[1:])
+
+
+def main(argv):
+    del argv
+    runs = {True: [], False: []}
+    for round_index in range(FLAGS.rounds):
+        order = (False, True) if round_index % 2 == 0 else (True, False)
+        for deterministic in order:
+            runs[deterministic].append(_images_per_second(deterministic))
+            print(f'round {round_index + 1}: deterministic={deterministic} '
+                  f'{runs[deterministic][-1]:.1f} images/s', flush=True)
+    default, deterministic = (statistics.median(runs[key]) for key in (False, True))
+    result = {
+        'model': FLAGS.model,
+        'image_size': FLAGS.image_size,
+        'batch_size': FLAGS.batch_size,
+        'precision': FLAGS.precision,
+        'images_per_second_default': round(default, 2),
+        'images_per_second_deterministic': round(deterministic, 2),
+        'ratio': round(deterministic / default, 3),
+        'rounds': FLAGS.rounds,
+        'machine': f'{platform.machine()}, {os.cpu_count()} cores',
+    }
+    print('RESULT ' + json.dumps(result), flush=True)
+
+
+if __name__ == '__main__':
+    app.run(main)
