@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging
 
 from trainer import errors
+from trainer import stderr_filter
 
 _BEFORE = set(flags.FLAGS)
 
@@ -559,6 +560,8 @@ def _report_bug(tf):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    # Before TensorFlow is imported: its harmless C++ start-up lines stay off the console.
+    stderr_filter.install()
     try:
         config = _config()
         _check_run_dir(config)
