@@ -9,7 +9,6 @@ one frozen `RunConfig`, writes it to `model_dir/flags.cfg` and calls the trainer
 Everything below takes plain arguments.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from absl import flags
 from absl import logging
 
 from trainer import errors
+from trainer import gaudi
 from trainer import stderr_filter
 
 _BEFORE = set(flags.FLAGS)
@@ -295,11 +295,8 @@ def _check_devices():
             f'not {strategy}'
         )
     # Checked here as well as where the module is loaded: it saves importing TensorFlow.
-    if 'hpu' in (device, strategy) and importlib.util.find_spec('habana_frameworks') is None:
-        raise UsageError(
-            f'--device=hpu needs habana-tensorflow (module habana_frameworks.tensorflow), '
-            'which is not installed here; run inside a Gaudi container or pip install ".[hpu]"'
-        )
+    if 'hpu' in (device, strategy):
+        gaudi.check_present()
     tf_config = os.environ.get('TF_CONFIG')
     if tf_config:
         try:
@@ -565,7 +562,7 @@ def main(argv):
     try:
         config = _config()
         _check_run_dir(config)
-    except UsageError as error:
+    except errors.UserError as error:
         _exit_with(error)
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from trainer import run  # pylint: disable=g-import-not-at-top

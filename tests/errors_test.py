@@ -8,6 +8,7 @@ traceback was printed.
 """
 
 import concurrent.futures
+import importlib.util
 import os
 import subprocess
 import sys
@@ -32,6 +33,14 @@ def _write(path, data=b''):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'wb') as stream:
         stream.write(data)
+
+
+# Where habana-tensorflow is installed (the Gaudi stand-in stage of .ci/run) the check
+# gets further and names the missing driver; neither kind of machine may abort.
+if importlib.util.find_spec('habana_frameworks') is None:
+    _GAUDI_FRAGMENTS = ['--device=hpu needs habana-tensorflow', 'run inside a Gaudi container']
+else:
+    _GAUDI_FRAGMENTS = ['--device=hpu: no Gaudi driver on this machine', '/sys/module/habanalabs']
 
 
 def _cases(tmp, digits_dir):
@@ -172,7 +181,7 @@ def _cases(tmp, digits_dir):
             'missing_habana_module',
             ['--synthetic_data', '--device=hpu', f'--model_dir={model_dir}'],
             {},
-            ['--device=hpu needs habana-tensorflow', 'pip install ".[hpu]"'],
+            _GAUDI_FRAGMENTS,
         ),
     ]
 

@@ -44,3 +44,13 @@ def test_flags_table_lists_every_flag_of_main():
 def test_pictures_exist():
     for path in re.findall(r'!\[[^\]]*\]\(([^)]+)\)', _readme()):
         assert os.path.exists(os.path.join(ROOT, path)), path
+
+
+def test_gaudi_install_command_names_the_containers_tensorflow():
+    # .ci/gaudi_standin runs this command in a stand-in of Habana's container and checks
+    # that it leaves one TensorFlow; here, that setup.py reads the variable it sets.
+    section = _readme().split('## Intel Gaudi', 1)[1].split('\n## ', 1)[0]
+    command = re.search(r'```sh\n([^\n]+)\n', section).group(1)
+    assert command == 'DENSENET_TENSORFLOW=tensorflow-cpu pip install .'
+    with open(os.path.join(ROOT, 'setup.py')) as stream:
+        assert "os.environ.get('DENSENET_TENSORFLOW', 'tensorflow')" in stream.read()

@@ -12,6 +12,7 @@ from typing import Iterable
 import numpy as np
 import tensorflow as tf
 from trainer import errors
+from trainer import gaudi
 
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu', 'hpu')
 DEVICES = ('auto', 'cpu', 'gpu', 'tpu', 'hpu')
@@ -23,14 +24,9 @@ class StrategyError(errors.UserError):
 
 def load_habana_module() -> None:
     """Loads habana-tensorflow, which registers the HPU device with TensorFlow."""
-    try:
-        from habana_frameworks.tensorflow import load_habana_module as load  # pylint: disable=g-import-not-at-top
-    except ImportError as error:
-        raise StrategyError(
-            '--device=hpu needs habana-tensorflow (module habana_frameworks.tensorflow), '
-            f'which is not installed here ({error}); run inside a Gaudi container or '
-            'pip install ".[hpu]"'
-        ) from None
+    gaudi.check_present()
+    from habana_frameworks.tensorflow import load_habana_module as load  # pylint: disable=g-import-not-at-top
+
     load()
 
 
