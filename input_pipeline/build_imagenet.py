@@ -2,7 +2,7 @@
 
   python -m input_pipeline.build_imagenet \\
       --train_tar=ILSVRC2012_img_train.tar --val_tar=ILSVRC2012_img_val.tar \\
-      --val_labels=imagenet_2012_validation_synset_labels.txt --output_dir=/data/imagenet
+      --devkit=ILSVRC2012_devkit_t12.tar.gz --output_dir=/data/imagenet
 
   python -m input_pipeline.build_imagenet --train_dir=train/ --val_dir=val/ \\
       --val_labels=imagenet_2012_validation_synset_labels.txt --output_dir=/data/imagenet
@@ -14,29 +14,36 @@ Inputs, as image-net.org distributes them:
   tars extracted into a folder per class (`train/n01440764/n01440764_10026.JPEG`).
 - `ILSVRC2012_img_val.tar`: the 50,000 validation JPEGs, flat
   (`ILSVRC2012_val_00000001.JPEG`, ...), or `--val_dir` holding them extracted (or
-  already sorted into a folder per class, which then gives the labels).
-- `--val_labels`: the validation labels, one synset per line in the order of the image
-  numbers, as TF-slim and the TPU scripts use (`imagenet_2012_validation_synset_labels.txt`
-  in tensorflow/models). The devkit's `ILSVRC2012_validation_ground_truth.txt` holds
-  ILSVRC2012_IDs instead; its `meta.mat` maps them to synsets (`synsets[id-1].WNID`),
-  which is how that file was made.
+  already sorted into a folder per class, which then gives the labels). Any subset of
+  them will do: each image is labelled by the number in its name
+  (`ILSVRC2012_val_00000236.JPEG` by line 236 of the validation labels).
+- `--devkit`: `ILSVRC2012_devkit_t12.tar.gz` as downloaded, or the folder it extracts
+  to. Its `data/ILSVRC2012_validation_ground_truth.txt` holds one ILSVRC2012_ID per
+  validation image, and its `data/meta.mat` maps those IDs to synsets (the IDs are not
+  the label order: ID -> synset -> position in the class list).
+- `--val_labels` (instead of `--devkit`): TF-slim's one-synset-per-line file
+  (`imagenet_2012_validation_synset_labels.txt`, as the TPU scripts use), or the
+  devkit's ground truth file, whose IDs are mapped by the `meta.mat` of `--devkit` or,
+  without it, the `meta.mat` beside the file (as in the extracted devkit).
 - `--synsets` (optional): the class list, one synset per line; label `k` (1-based, 0 is
-  unused as in TF-slim) is its `k`-th line. Default: the sorted synsets of the train
-  data (ILSVRC2012's 1,000 sorted synsets are the standard order).
+  unused as in TF-slim) is its `k`-th line. Default: `imagenet_synsets.txt` beside this
+  module, the 1,000 ILSVRC2012 synsets in the standard (sorted) order, so that a subset
+  of the classes keeps the labels the full set gives them.
 - `--synset_text` (optional): `synset<TAB>words` lines (TF-slim's `imagenet_metadata.txt`)
-  for `image/class/text`.
+  for `image/class/text`. Default: `imagenet_class_names.txt` beside this module.
 - `--bounding_boxes` (optional): `name.JPEG,xmin,ymin,xmax,ymax` lines in 0..1 (TF-slim's
   `process_bounding_boxes.py` output); they feed the training crop sampler.
 
 Output: `train-00000-of-01024` ... and `validation-00000-of-00128` in `--output_dir`,
 the keys and labels of TF-slim's `build_imagenet_data.py`. Train examples are shuffled
 with a fixed seed so that every shard mixes classes; validation keeps the image order.
-Shards are written by `--num_workers` processes, each under a hidden temporary name
-renamed when complete, so a rerun keeps finished shards and writes only the rest. Like
-TF-slim we decode every image once: grayscale and colour JPEGs are kept byte for byte,
-CMYK JPEGs and anything else (one train "JPEG" is a PNG) are re-encoded as RGB JPEGs,
-and an image that does not decode stops the build with its name. At the end the
-records of every shard are counted and checked against the sources.
+Shards are written by `--num_workers` processes (one per CPU, fewer for a small build),
+each under a hidden temporary name renamed when complete, so a rerun keeps finished
+shards and writes only the rest. Like TF-slim we decode every image once: grayscale and
+colour JPEGs are kept byte for byte, CMYK JPEGs and anything else (one train "JPEG" is a
+PNG) are re-encoded as RGB JPEGs, and an image that does not decode stops the build with
+its name. At the end the records of every shard are counted and checked against the
+sources.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import importlib.resources
+import io
 import multiprocessing
 import os
 import random
@@ -61,6 +70,19 @@ VALIDATION_SHARDS = 128
 _SHUFFLE_SEED = 12345
 _REENCODE_QUALITY = 95
 _SYNSET = re.compile(r'^n\d{8}$')
+_ILSVRC2012_ID = re.compile(r'^\d+$')
+# The image number of a validation file: ILSVRC2012_val_00000236.JPEG -> 236.
+_VAL_NUMBER = re.compile(r'_(\d{8})\.[^.]+$')
+# Shipped beside this module (setup.cfg's package_data).
+STANDARD_SYNSETS = 'imagenet_synsets.txt'
+STANDARD_CLASS_NAMES = 'imagenet_class_names.txt'
+# The devkit's files: ILSVRC2012_devkit_t12/data/... in its tar.gz.
+_DEVKIT_DATA = 'data'
+_DEVKIT = 'ILSVRC2012_devkit_t12'
+_GROUND_TRUTH = 'ILSVRC2012_validation_ground_truth.txt'
+_META = 'meta.mat'
+# The least images worth a worker process of their own (see `_default_workers`).
+_IMAGES_PER_WORKER = 1000
 # Progress lines when stderr is not a terminal: at most one per this many seconds.
 _LOG_INTERVAL_S = 30.0
 
@@ -162,13 +184,199 @@ def read_lines(path: str) -> list[str]:
         return [line.strip() for line in stream if line.strip()]
 
 
+def _package_lines(name: str) -> list[str]:
+    """The non-empty lines of a data file shipped in this package."""
+    text = importlib.resources.files('input_pipeline').joinpath(name).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def standard_synsets() -> list[str]:
+    """ILSVRC2012's 1,000 synsets in the standard label order (label `k` = line `k`).
+
+    The order is the sorted one that TF-slim, the TPU scripts and TFDS use; it ships
+    with the package so that labels never depend on which classes a build is given.
+    """
+    return _package_lines(STANDARD_SYNSETS)
+
+
+def standard_class_names() -> dict[str, str]:
+    """`synset -> words` of the 1,000 classes, as TF-slim's `imagenet_metadata.txt`."""
+    return dict(line.split('\t', 1) for line in _package_lines(STANDARD_CLASS_NAMES))
+
+
+def read_synset_text(path: str) -> dict[str, str]:
+    """`synset -> words` from `synset<TAB>words` lines (TF-slim's imagenet_metadata.txt)."""
+    texts = {}
+    for number, line in enumerate(read_lines(path), start=1):
+        synset, tab, words = line.partition('\t')
+        if not tab:
+            raise ValueError(
+                f'--synset_text={path} line {number}: {line!r} is not synset<TAB>words'
+            )
+        texts[synset] = words.strip()
+    return texts
+
+
+def _label_lines(path: str) -> list[str]:
+    """A label file's lines, stripped; only trailing blank lines are dropped.
+
+    Line `i` labels image number `i`, so a blank line inside the file must not shift
+    the lines after it: it stays, and fails the check of its content.
+    """
+    try:
+        with open(path) as stream:
+            lines = [line.strip() for line in stream]
+    except UnicodeDecodeError as error:
+        raise ValueError(f'{path} is not a text file of labels ({error.reason})') from error
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def read_meta(source, name: str) -> dict[int, str]:
+    """`ILSVRC2012_ID -> synset` from the devkit's meta.mat (a path or a binary stream).
+
+    Its `synsets` struct array lists 1,860 synsets (the 1,000 leaf classes have IDs
+    1..1000); only the ID and WNID fields matter here.
+    """
+    import numpy as np  # noqa: PLC0415  (the main process needs them for the devkit only)
+    import scipy.io  # noqa: PLC0415  (scikit-learn, a requirement, requires SciPy)
+
+    try:
+        synsets = scipy.io.loadmat(source, squeeze_me=True).get('synsets')
+    except (scipy.io.matlab.MatReadError, ValueError, TypeError, NotImplementedError) as error:
+        raise ValueError(f'{name} is not the devkit\'s meta.mat: {error}') from error
+    fields = getattr(getattr(synsets, 'dtype', None), 'names', None) or ()
+    if 'ILSVRC2012_ID' not in fields or 'WNID' not in fields:
+        raise ValueError(f'{name} has no synsets struct array with ILSVRC2012_ID and WNID')
+    return {
+        int(identifier): str(wnid)
+        for identifier, wnid in zip(
+            np.ravel(synsets['ILSVRC2012_ID']), np.ravel(synsets['WNID'])
+        )
+    }
+
+
+def read_devkit(path: str) -> tuple[list[str], dict[int, str]]:
+    """(ground truth lines, ID -> synset) of ILSVRC2012_devkit_t12.tar.gz or its folder.
+
+    The folder may be the extracted `ILSVRC2012_devkit_t12/`, the folder holding it, or
+    its `data/`. In the tar, members are found by their `data/...` suffix, so the name
+    of the top folder does not matter.
+    """
+    if os.path.isdir(path):
+        for folder in (
+            os.path.join(path, _DEVKIT_DATA),
+            path,
+            os.path.join(path, _DEVKIT, _DEVKIT_DATA),
+        ):
+            if os.path.exists(os.path.join(folder, _META)):
+                return (
+                    _label_lines(os.path.join(folder, _GROUND_TRUTH)),
+                    read_meta(os.path.join(folder, _META), os.path.join(folder, _META)),
+                )
+        raise ValueError(f'--devkit={path} holds no {_DEVKIT_DATA}/{_META}')
+    try:
+        with tarfile.open(path) as archive:
+            files = {}
+            for member in archive:
+                for wanted in (_GROUND_TRUTH, _META):
+                    if member.isfile() and member.name.endswith(f'{_DEVKIT_DATA}/{wanted}'):
+                        files[wanted] = archive.extractfile(member).read()
+    except tarfile.TarError as error:
+        reason = str(error).splitlines()[0].rstrip(':')  # one line, not one per method
+        raise ValueError(
+            f'--devkit={path} is not ILSVRC2012_devkit_t12.tar.gz or its folder ({reason})'
+        ) from error
+    missing = [wanted for wanted in (_GROUND_TRUTH, _META) if wanted not in files]
+    if missing:
+        raise ValueError(f'--devkit={path} holds no {_DEVKIT_DATA}/{missing[0]}')
+    try:
+        ground_truth = files[_GROUND_TRUTH].decode()
+    except UnicodeDecodeError as error:
+        raise ValueError(f'{path}: {_GROUND_TRUTH} is not text ({error.reason})') from error
+    lines = [line.strip() for line in ground_truth.rstrip().splitlines()]
+    return lines, read_meta(io.BytesIO(files[_META]), f'{path}:{_META}')
+
+
+def read_val_labels(
+    *, val_labels: str | None, devkit: str | None
+) -> tuple[list[str] | None, str]:
+    """The synset of each validation image number (item `i - 1` for image `i`).
+
+    From `--val_labels` when given (synsets, or IDs mapped by a meta.mat), else from the
+    devkit's ground truth. Returns them with the name of their file, for messages; None
+    without either (enough for validation images sorted into class folders).
+
+    Raises:
+      ValueError: for a line that is neither a synset nor a known ILSVRC2012_ID (named
+        with its line number), or IDs with no meta.mat to map them.
+    """
+    if val_labels:
+        lines, name = _label_lines(val_labels), f'--val_labels={val_labels}'
+        if lines and _ILSVRC2012_ID.match(lines[0]):
+            return _ids_to_synsets(lines, _meta_for_ids(val_labels, devkit), name), name
+        return _checked_synsets(lines, name), name
+    if devkit:
+        lines, id_to_synset = read_devkit(devkit)
+        name = f'--devkit={devkit}:{_GROUND_TRUTH}'
+        return _ids_to_synsets(lines, id_to_synset, name), name
+    return None, ''
+
+
+def _checked_synsets(lines: list[str], name: str) -> list[str]:
+    """TF-slim's labels: one synset per line."""
+    if not lines:
+        raise ValueError(f'{name} is empty')
+    for number, line in enumerate(lines, start=1):
+        if not _SYNSET.match(line):
+            raise ValueError(
+                f'{name} line {number}: {line!r} is neither a synset (nXXXXXXXX) nor an '
+                'ILSVRC2012_ID'
+            )
+    return lines
+
+
+def _ids_to_synsets(lines: list[str], id_to_synset: dict[int, str], name: str) -> list[str]:
+    """The devkit's labels: one ILSVRC2012_ID per line, mapped to synsets by meta.mat."""
+    if not lines:
+        raise ValueError(f'{name} is empty')
+    synsets = []
+    for number, line in enumerate(lines, start=1):
+        if not _ILSVRC2012_ID.match(line) or int(line) not in id_to_synset:
+            raise ValueError(f'{name} line {number}: {line!r} is not an ILSVRC2012_ID of meta.mat')
+        synsets.append(id_to_synset[int(line)])
+    return synsets
+
+
+def _meta_for_ids(val_labels: str, devkit: str | None) -> dict[int, str]:
+    """The ID -> synset map for a ground truth file: the devkit's, or meta.mat beside it."""
+    if devkit:
+        return read_devkit(devkit)[1]
+    beside = os.path.join(os.path.dirname(os.path.abspath(val_labels)), _META)
+    if not os.path.exists(beside):
+        raise ValueError(
+            f'--val_labels={val_labels} holds ILSVRC2012_IDs: give --devkit (or put the '
+            f'devkit\'s {_META} beside it) to map them to synsets'
+        )
+    return read_meta(beside, beside)
+
+
 def val_sources(
-    *, val_tar: str | None, val_dir: str | None, val_labels: str | None
+    *,
+    val_tar: str | None,
+    val_dir: str | None,
+    labels: Sequence[str] | None,
+    labels_name: str = '--val_labels',
 ) -> list[Source]:
     """The validation images in image-number order, with their synsets.
 
+    An image sorted into a class folder has that folder's synset; any other is labelled
+    by the number in its name (`labels[number - 1]`), so any subset of the 50,000 images
+    can be built.
+
     Raises:
-      ValueError: when the labels are missing or do not match the images in number.
+      ValueError: naming an image that has no label (no number, or no such line).
     """
     if val_tar:
         found = [(name, (val_tar, offset, size)) for name, offset, size in _tar_members(val_tar)]
@@ -183,25 +391,34 @@ def val_sources(
                         found.append((name, (os.path.join(folder, name), 0, -1, entry)))
             elif _is_image_name(entry):
                 found.append((entry, (folder, 0, -1)))
-    found = sorted((item for item in found if _is_image_name(item[0])), key=lambda item: item[0])
-    if all(len(location) == 4 for _, location in found) and found:
-        return [Source(*location[:3], name, location[3]) for name, location in found]
-    if not val_labels:
+    sources = []
+    for name, location in sorted(found, key=lambda item: item[0]):
+        if not _is_image_name(name):
+            continue
+        synset = location[3] if len(location) == 4 else _val_synset(name, labels, labels_name)
+        sources.append(Source(*location[:3], name, synset))
+    return sources
+
+
+def _val_synset(name: str, labels: Sequence[str] | None, labels_name: str) -> str:
+    """The synset of a flat validation image: the label line of its image number."""
+    if labels is None:
         raise ValueError(
-            'validation images need --val_labels (one synset per line, in image order)'
+            f'validation image {name} needs labels: give --devkit '
+            '(ILSVRC2012_devkit_t12.tar.gz) or --val_labels'
         )
-    labels = read_lines(val_labels)
-    if len(labels) != len(found):
+    match = _VAL_NUMBER.search(name)
+    if not match:
         raise ValueError(
-            f'--val_labels={val_labels} has {len(labels)} lines for {len(found)} validation images'
+            f'validation image {name} has no image number (ILSVRC2012_val_NNNNNNNN.JPEG) '
+            'to look its label up by'
         )
-    bad = [label for label in labels if not _SYNSET.match(label)]
-    if bad:
+    number = int(match.group(1))
+    if not 1 <= number <= len(labels):
         raise ValueError(
-            f'--val_labels={val_labels}: {bad[0]!r} is not a synset (nXXXXXXXX); the devkit '
-            'ground truth holds ILSVRC2012_IDs, which its meta.mat maps to synsets'
+            f'validation image {name} has no label: {labels_name} has {len(labels):,} lines'
         )
-    return [Source(*location[:3], name, label) for (name, location), label in zip(found, labels)]
+    return labels[number - 1]
 
 
 def read_boxes(path: str | None) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -330,6 +547,34 @@ class Progress:
         self.stream.flush()
 
 
+def class_labels(synsets: Sequence[str] | None = None) -> dict[str, int]:
+    """`synset -> label` (1-based, TF-slim's): the standard 1,000 or the given order."""
+    synsets = list(synsets) if synsets else standard_synsets()
+    labels = {}
+    for index, synset in enumerate(synsets, start=1):
+        if synset in labels:
+            raise ValueError(f'--synsets lists {synset} twice (lines {labels[synset]}, {index})')
+        labels[synset] = index
+    return labels
+
+
+def _check_classes(
+    train: Sequence[Source], validation: Sequence[Source], labels: dict, where: str
+) -> None:
+    """Every image's synset must have a label: a stranger would otherwise get none.
+
+    Raises:
+      ValueError: naming the first image outside the class list, and its synset.
+    """
+    for split, sources in (('train', train), ('validation', validation)):
+        for source in sources:
+            if source.synset not in labels:
+                raise ValueError(
+                    f'{split} image {source.name} is of {source.synset}, which is not among '
+                    f'the {len(labels):,} classes of {where}: give --synsets listing every class'
+                )
+
+
 def build(
     *,
     output_dir: str,
@@ -345,17 +590,25 @@ def build(
 ) -> dict[str, int]:
     """Writes and verifies the shards of both splits; returns the examples per split.
 
+    Args:
+      synsets: the class list, label `k` = item `k` (1-based). Default: the standard
+        1,000 (`standard_synsets()`), whatever classes `train` and `validation` hold.
+      texts: `synset -> words` for `image/class/text`. Default: `standard_class_names()`.
+
     Raises:
-      ValueError: for a validation synset outside the class list, an image that does
-        not decode (named), or a shard whose record count is not the expected one.
+      ValueError: naming an image whose synset is outside the class list, an image that
+        does not decode, or a shard whose record count is not the expected one.
     """
-    synsets = list(synsets) if synsets else sorted({source.synset for source in train})
-    if not synsets:
-        synsets = sorted({source.synset for source in validation})
-    labels = {synset: index for index, synset in enumerate(synsets, start=1)}
-    strangers = {source.synset for source in list(train) + list(validation)} - set(labels)
-    if strangers:
-        raise ValueError(f'synsets outside the class list: {sorted(strangers)[:5]}')
+    labels = class_labels(synsets)
+    where = '--synsets' if synsets else STANDARD_SYNSETS
+    _check_classes(train, validation, labels, where)
+    if texts is None:
+        texts = standard_class_names()
+    (progress_stream or sys.stderr).write(
+        f'{len(train):,} train and {len(validation):,} validation images of '
+        f'{len({s.synset for s in list(train) + list(validation)})} classes; labels 1..'
+        f'{len(labels)} from {where}\n'
+    )
     train = list(train)
     random.Random(_SHUFFLE_SEED).shuffle(train)
     os.makedirs(output_dir, exist_ok=True)
@@ -386,7 +639,7 @@ def build(
     todo = [job for job in jobs if not os.path.exists(_shard_path(job))]
     for _ in range(len(jobs) - len(todo)):
         progress.advance(0, kept=True)
-    num_workers = min(num_workers or os.cpu_count() or 1, len(todo))
+    num_workers = min(num_workers or _default_workers(todo), len(todo))
     if num_workers <= 1:
         for job in todo:
             progress.advance(_write_shard(job)[2])
@@ -398,6 +651,16 @@ def build(
             for _, _, count in pool.imap_unordered(_write_shard, todo):
                 progress.advance(count)
     return verify(output_dir, jobs)
+
+
+def _default_workers(todo: Sequence[_ShardJob]) -> int:
+    """One process per CPU, but none that would have fewer than ~1,000 images to write.
+
+    Each worker imports TensorFlow (seconds) before its first image: for a small build
+    (a smoke test, a subset) one process, TensorFlow imported once, finishes first.
+    """
+    images = sum(len(job.sources) for job in todo)
+    return max(1, min(os.cpu_count() or 1, images // _IMAGES_PER_WORKER))
 
 
 def verify(output_dir: str, jobs: Sequence[_ShardJob]) -> dict[str, int]:
@@ -428,20 +691,40 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--train_dir', help='Or: a folder per class of train images.')
     parser.add_argument('--val_tar', help='ILSVRC2012_img_val.tar (flat validation JPEGs).')
     parser.add_argument('--val_dir', help='Or: the validation JPEGs (flat, or a folder per class).')
-    parser.add_argument('--val_labels', help='One synset per line, in validation image order.')
-    parser.add_argument('--synsets', help='Class list, one synset per line (label = line number).')
-    parser.add_argument('--synset_text', help='synset<TAB>words lines for image/class/text.')
+    parser.add_argument(
+        '--devkit', help='ILSVRC2012_devkit_t12.tar.gz, or its folder: the validation labels.'
+    )
+    parser.add_argument(
+        '--val_labels',
+        help='Or: one synset per line (TF-slim), or the devkit\'s ILSVRC2012_IDs per line '
+        '(ILSVRC2012_validation_ground_truth.txt, mapped by the meta.mat of --devkit or '
+        'beside it); line i labels image number i.',
+    )
+    parser.add_argument(
+        '--synsets',
+        help=f'Class list, one synset per line (label = line number). Default: the 1,000 '
+        f'ILSVRC2012 synsets in the standard order ({STANDARD_SYNSETS}).',
+    )
+    parser.add_argument(
+        '--synset_text',
+        help=f'synset<TAB>words lines for image/class/text. Default: {STANDARD_CLASS_NAMES}.',
+    )
     parser.add_argument('--bounding_boxes', help='name.JPEG,xmin,ymin,xmax,ymax lines (0..1).')
     parser.add_argument('--output_dir', required=True, help='Folder for the TFRecord shards.')
     parser.add_argument('--train_shards', type=int, default=TRAIN_SHARDS)
     parser.add_argument('--validation_shards', type=int, default=VALIDATION_SHARDS)
-    parser.add_argument('--num_workers', type=int, default=os.cpu_count(), help='Processes.')
+    parser.add_argument(
+        '--num_workers',
+        type=int,
+        help='Processes. Default: one per CPU, fewer for a build of a few thousand images.',
+    )
     args = parser.parse_args(argv)
     if args.train_tar and args.train_dir or args.val_tar and args.val_dir:
         parser.error('give a tar or a folder for each split, not both')
     if not (args.train_tar or args.train_dir or args.val_tar or args.val_dir):
         parser.error('nothing to build: give --train_tar/--train_dir and/or --val_tar/--val_dir')
-    if args.train_shards < 1 or args.validation_shards < 1 or args.num_workers < 1:
+    workers = 1 if args.num_workers is None else args.num_workers
+    if min(args.train_shards, args.validation_shards, workers) < 1:
         parser.error('--train_shards, --validation_shards and --num_workers must be positive')
     return args
 
@@ -456,18 +739,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
         train = train_sources_from_dir(args.train_dir)
     validation = []
     if args.val_tar or args.val_dir:
+        labels, labels_name = read_val_labels(val_labels=args.val_labels, devkit=args.devkit)
         validation = val_sources(
-            val_tar=args.val_tar, val_dir=args.val_dir, val_labels=args.val_labels
+            val_tar=args.val_tar, val_dir=args.val_dir, labels=labels, labels_name=labels_name
         )
-    texts = {}
-    if args.synset_text:
-        texts = dict(line.split('\t', 1) for line in read_lines(args.synset_text))
+    texts = read_synset_text(args.synset_text) if args.synset_text else None
     synsets = read_lines(args.synsets) if args.synsets else None
-    print(
-        f'{len(train):,} train and {len(validation):,} validation images, '
-        f'{len(synsets or {s.synset for s in train + validation})} classes',
-        file=sys.stderr,
-    )
     counts = build(
         output_dir=args.output_dir,
         train=train,
