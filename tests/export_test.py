@@ -1,9 +1,12 @@
 """Tests of trainer/export.py and trainer/predict.py: an export classifies a real photo
-exactly as the trainer's evaluation does, in a process that knows nothing of this project.
+exactly as the trainer's evaluation does, in a process that knows nothing of this project,
+through `saved_model_cli` (which loads it as TensorFlow Serving does) and through
+`python -m trainer.predict`.
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +19,7 @@ from skimage import data as skimage_data
 import densenet
 from input_pipeline import dataset as datasets
 from input_pipeline import writer
+from trainer import errors
 from trainer import export
 from trainer import predict
 
@@ -25,7 +29,8 @@ CROP = 0.875
 NAMES = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', '']
 
 # Loads the export with TensorFlow alone, from a folder outside the repository, and
-# classifies the photo through both signatures.
+# classifies the photo through each signature: its bytes, its decoded pixels, and the
+# eval pipeline's normalised floats.
 _FRESH_PROCESS = """
 import json, sys
 import numpy as np
@@ -33,16 +38,32 @@ import tensorflow as tf
 
 export_dir, photo, images = sys.argv[1:]
 loaded = tf.saved_model.load(export_dir)
-by_bytes = loaded.signatures['serving_bytes'](image_bytes=tf.constant([open(photo, 'rb').read()]))
-by_images = loaded.signatures['serving_default'](images=tf.constant(np.load(images)))
+encoded = open(photo, 'rb').read()
+signatures = loaded.signatures
+results = {
+    'bytes': signatures['serving_default'](image_bytes=tf.constant([encoded])),
+    'uint8': signatures['serving_uint8'](images=tf.io.decode_jpeg(encoded, channels=3)[None]),
+    'images': signatures['serving_images'](images=tf.constant(np.load(images))),
+}
 print(json.dumps({
     'project_modules': sorted(
         name for name in sys.modules if name.split('.')[0] in ('trainer', 'densenet', 'input_pipeline')
     ),
+    'signatures': sorted(signatures),
+    'inputs': {
+        name: {key: [spec.dtype.name, spec.shape.as_list()]
+               for key, spec in signature.structured_input_signature[1].items()}
+        for name, signature in signatures.items()
+    },
     'class_names': [name.decode() for name in loaded.class_names.numpy()],
-    'bytes': {key: value.numpy().tolist() for key, value in by_bytes.items() if key != 'top5_names'},
-    'top5_names': [name.decode() for name in by_bytes['top5_names'].numpy()[0]],
-    'images': {key: value.numpy().tolist() for key, value in by_images.items() if key != 'top5_names'},
+    'outputs': {
+        name: {key: value.numpy().tolist() for key, value in result.items() if key != 'top5_names'}
+        for name, result in results.items()
+    },
+    'top5_names': {
+        name: [label.decode() for label in result['top5_names'].numpy()[0]]
+        for name, result in results.items()
+    },
 }))
 """
 
@@ -86,10 +107,54 @@ def exported(tmp_path_factory):
     return {
         'path': path,
         'photo': photo,
+        'encoded': encoded,
         'images': str(folder / 'images.npy'),
+        'eval_images': images,
         'probabilities': probabilities,
         'folder': str(folder),
+        'model': model,
     }
+
+
+def _top5(exported):
+    """The trainer's evaluation's top-5 classes of the photo, checked to be well apart.
+
+    The paths compared here compute the same float32 logits, possibly in other orders;
+    classes whose probabilities differed by rounding alone could swap places.
+    """
+    expected = exported['probabilities']
+    top6 = np.sort(expected)[::-1][:6]
+    assert np.all(np.diff(-top6) > 1e-4), top6
+    return [int(index) for index in np.argsort(-expected)[:5]]
+
+
+def _predict_lines(exported):
+    """What `python -m trainer.predict` must print for the photo."""
+    expected = exported['probabilities']
+    return [exported['photo']] + [
+        f'  {rank}. {expected[index]:7.4f}  {index:4d}  {NAMES[index]}'.rstrip()
+        for rank, index in enumerate(_top5(exported), 1)
+    ]
+
+
+@pytest.fixture(scope='module')
+def predicted(exported):
+    """The lines `python -m trainer.predict` prints for the photo, in a process of its own."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'trainer.predict',
+            f'--model={exported["folder"]}',  # A model_dir: its newest export is used.
+            exported['photo'],
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()
 
 
 def test_export_in_a_fresh_process_classifies_as_the_trainer_evaluates(exported, tmp_path):
@@ -107,11 +172,21 @@ def test_export_in_a_fresh_process_classifies_as_the_trainer_evaluates(exported,
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out['project_modules'] == []
+    assert out['signatures'] == ['serving_default', 'serving_images', 'serving_uint8']
+    assert out['inputs'] == {
+        'serving_default': {'image_bytes': ['string', [None]]},
+        'serving_uint8': {'images': ['uint8', [None, None, None, 3]]},
+        'serving_images': {'images': ['float32', [None, IMAGE_SIZE, IMAGE_SIZE, 3]]},
+    }
     assert out['class_names'] == NAMES
     expected = exported['probabilities']
     assert len(set(np.round(expected, 6))) > 5  # Distinct values: the comparison means something.
-    for signature in ('bytes', 'images'):
-        outputs = out[signature]
+    top5 = _top5(exported)
+    # Decoding the whole photo gives the eval's pixels here (see serve_uint8 in
+    # trainer/export.py for when its window's edge columns differ a little).
+    for signature in ('bytes', 'uint8', 'images'):
+        outputs = out['outputs'][signature]
+        assert sorted(outputs) == sorted(set(export.OUTPUTS) - {'top5_names'})
         probabilities = np.array(outputs['probabilities'][0])
         np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(
@@ -119,35 +194,124 @@ def test_export_in_a_fresh_process_classifies_as_the_trainer_evaluates(exported,
             np.log(expected) - np.log(expected).mean(),
             atol=1e-4,
         )
-        top5 = list(np.argsort(-expected)[:5])
-        assert outputs['top5_classes'][0] == top5
+        assert outputs['top5_classes'][0] == top5, signature
         np.testing.assert_allclose(outputs['top5_probabilities'][0], expected[top5], rtol=1e-5)
-    assert out['top5_names'] == [NAMES[i] for i in top5]
+        assert out['top5_names'][signature] == [NAMES[i] for i in top5]
 
 
-def test_predict_prints_top5_with_names(exported):
+def test_predict_prints_top5_with_names(exported, predicted):
+    assert predicted == _predict_lines(exported)
+
+
+def _saved_model_cli():
+    """The `saved_model_cli` that ships with TensorFlow, as a command."""
+    script = os.path.join(os.path.dirname(sys.executable), 'saved_model_cli')
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, '-m', 'tensorflow.python.tools.saved_model_cli']
+
+
+def _parse_saved_model_cli(stdout: str) -> dict:
+    """`saved_model_cli run`'s printed outputs ("Result for output key NAME:" then a
+    NumPy array, over one or more lines) as {name: list of the first row's values}."""
+    parts = re.split(r'^Result for output key (\w+):$', stdout, flags=re.MULTILINE)
+    outputs = {}
+    for name, text in zip(parts[1::2], parts[2::2]):
+        if name == 'top5_names':
+            outputs[name] = re.findall(r"b'([^']*)'", text)
+        elif name == 'top5_classes':
+            outputs[name] = [int(value) for value in re.findall(r'-?\d+', text)]
+        else:
+            outputs[name] = [
+                float(value) for value in re.findall(r'-?\d+\.?\d*(?:e[-+]?\d+)?', text)
+            ]
+    return outputs
+
+
+def test_saved_model_cli_run_classifies_as_predict_and_the_trainer(exported, predicted, tmp_path):
+    # TensorFlow Serving's way of loading: the graph and its checkpoint, in a session,
+    # through the default signature. The README shows the same two steps.
+    npy = tmp_path / 'photo.npy'
+    np.save(npy, np.array([exported['encoded']], dtype=object))
     result = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'trainer.predict',
-            f'--model={exported["folder"]}',  # A model_dir: its newest export is used.
-            exported['photo'],
+        _saved_model_cli()
+        + [
+            'run',
+            f'--dir={exported["path"]}',
+            '--tag_set=serve',
+            '--signature_def=serving_default',
+            f'--inputs=image_bytes={npy}',
         ],
-        cwd=ROOT,
+        cwd=str(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    outputs = _parse_saved_model_cli(result.stdout)
+    assert sorted(outputs) == sorted(export.OUTPUTS), result.stdout
+    top5 = _top5(exported)
     expected = exported['probabilities']
-    top5 = np.argsort(-expected)[:5]
-    lines = result.stdout.strip().splitlines()
-    assert lines[0] == exported['photo']
-    assert lines[1:] == [
-        f'  {rank}. {expected[index]:7.4f}  {index:4d}  {NAMES[index]}'.rstrip()
-        for rank, index in enumerate(top5, 1)
-    ], result.stdout
+    # The trainer's evaluation path.
+    assert outputs['top5_classes'] == top5, result.stdout
+    assert outputs['top5_names'] == [NAMES[i] for i in top5]
+    np.testing.assert_allclose(outputs['probabilities'], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(outputs['top5_probabilities'], expected[top5], rtol=1e-5)
+    # trainer.predict's printed ranks: the same classes, names and probabilities.
+    printed = [line.split(None, 3) for line in predicted[1:]]
+    assert [int(fields[2]) for fields in printed] == outputs['top5_classes']
+    assert [fields[3] if len(fields) > 3 else '' for fields in printed] == outputs['top5_names']
+    np.testing.assert_allclose(
+        [float(fields[1]) for fields in printed], outputs['top5_probabilities'], atol=5e-5
+    )
+
+
+def test_exports_of_the_previous_layout_still_load(exported, tmp_path):
+    # Before `serving_images`, an export took float images in `serving_default` and
+    # encoded ones in `serving_bytes`: the same functions under those names.
+    module = export._Serving(
+        exported['model'], image_size=IMAGE_SIZE, crop_fraction=CROP, class_names=NAMES
+    )
+    old = str(tmp_path / 'old_export')
+    tf.saved_model.save(
+        module,
+        old,
+        signatures={'serving_default': module.serve_images, 'serving_bytes': module.serve_bytes},
+    )
+    for path in (exported['path'], old):
+        # What `main.py --only_eval` evaluates with.
+        predict_fn, image_size = export.load_predict_fn(path)
+        assert image_size == IMAGE_SIZE
+        np.testing.assert_allclose(
+            tf.nn.softmax(predict_fn(exported['eval_images'])).numpy()[0],
+            exported['probabilities'],
+            rtol=1e-5,
+            atol=1e-7,
+        )
+        assert predict.predict(path, [exported['photo']]) == _predict_lines(exported)
+
+
+def test_a_saved_model_without_the_signatures_is_refused_in_one_line(tmp_path, capsys):
+    module = tf.Module()
+    module.f = tf.function(
+        lambda x: {'y': x * 2}, input_signature=[tf.TensorSpec([None], tf.float32, name='x')]
+    )
+    path = str(tmp_path / 'other')
+    tf.saved_model.save(module, path, signatures={'serving_default': module.f})
+    with pytest.raises(errors.UserError, match='has no signature that takes float32 images'):
+        export.load_predict_fn(path)
+    assert predict.main([f'--model={path}', str(tmp_path / 'any.jpg')]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f'predict: error: {path} has no signature that takes encoded images')
+    assert err.count('\n') == 1
+
+
+def test_predict_names_the_exports_signature_as_export_does():
+    # trainer/predict.py repeats these names so as not to import the input pipeline.
+    assert (predict.SIGNATURE_BYTES, predict.INPUT_BYTES) == (
+        export.SIGNATURE_BYTES,
+        export.INPUT_BYTES,
+    )
 
 
 def test_predict_errors_are_one_line(exported, tmp_path, capsys):

@@ -2,17 +2,30 @@
 
 An export is a plain `tf.Module`, not a Keras archive: it loads with
 `tf.saved_model.load` alone, in any TensorFlow 2 program, without this project or
-Keras installed. It has two signatures with the same outputs:
+Keras installed, and TensorFlow Serving and `saved_model_cli` serve it as it is. Its
+signatures differ only in what they take:
 
-- `serving_default(images)`: float32 `[batch, size, size, 3]` images, already
-  preprocessed as the evaluation pipeline does (central crop, resize, normalise);
-- `serving_bytes(image_bytes)`: a batch of encoded images (JPEG, or PNG), with the
-  evaluation preprocessing *inside* the graph, using the run's image size and crop
-  fraction, so a client sends files and gets the trainer's own evaluation result.
+- `serving_default(image_bytes)`: a batch of encoded images (JPEG or PNG; string
+  `[batch]`), with the evaluation preprocessing *inside* the graph (central crop,
+  resize, normalise; the run's image size and crop fraction), so a client sends files
+  and gets the trainer's own evaluation result. It is the default because files are
+  what a deployed classifier is sent: TensorFlow Serving answers a request that names
+  no signature with `serving_default`, its REST API carries bytes as `{"b64": ...}`,
+  and its convention names a bytes input `..._bytes`.
+- `serving_uint8(images)`: uint8 `[batch, height, width, 3]` RGB pixels of any size
+  (one size per batch), with the same crop, resize and normalisation inside, for
+  clients that hold decoded pixels;
+- `serving_images(images)`: float32 `[batch, size, size, 3]` images already
+  preprocessed as the evaluation pipeline does: the trainer's own contract, which
+  `load_predict_fn` (`main.py --only_eval`) feeds from the eval pipeline.
 
-Both return `logits`, `probabilities`, `top5_classes`, `top5_probabilities` and
-`top5_names` (the class names the TFRecords carried; '' where unknown). The full name
-list is the export's `class_names` variable.
+All return the same outputs: `logits`, `probabilities`, `top5_classes`,
+`top5_probabilities` and `top5_names` (the class names the TFRecords carried; '' where
+unknown). The full name list is the export's `class_names` variable.
+
+Exports written before `serving_images` existed took the float images in
+`serving_default` and the bytes in `serving_bytes`; `load_predict_fn` (and
+`trainer/predict.py`) recognise a signature by its input, so they still read them.
 """
 
 import os
@@ -22,14 +35,23 @@ from typing import Optional, Sequence
 import tensorflow as tf
 
 from input_pipeline import augment
+from trainer import errors
 from trainer import nonfinite
 
-SIGNATURE_IMAGES = 'serving_default'
-SIGNATURE_BYTES = 'serving_bytes'
+SIGNATURE_BYTES = 'serving_default'  # tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
+SIGNATURE_UINT8 = 'serving_uint8'
+SIGNATURE_IMAGES = 'serving_images'
+INPUT_BYTES = 'image_bytes'
+INPUT_IMAGES = 'images'  # The input of both SIGNATURE_UINT8 and SIGNATURE_IMAGES.
+# What every signature returns.
+OUTPUTS = ('logits', 'probabilities', 'top5_classes', 'top5_probabilities', 'top5_names')
+
+# Where older exports kept the float-image signature (their `serving_default`).
+_OLDER_SIGNATURES_IMAGES = ('serving_default',)
 
 
 class _Serving(tf.Module):
-    """Holds the model, the class names and the two serving functions."""
+    """Holds the model's variables, the class names and the three serving functions."""
 
     def __init__(
         self,
@@ -40,7 +62,6 @@ class _Serving(tf.Module):
         class_names: Optional[Sequence[str]],
     ):
         super().__init__()
-        self.model = model
         num_classes = int(model.outputs[0].shape[-1])
         names = list(class_names or [])[:num_classes]
         names += [''] * (num_classes - len(names))
@@ -50,7 +71,7 @@ class _Serving(tf.Module):
         k = min(5, num_classes)
 
         def predictions(images):
-            logits = tf.cast(self.model(images, training=False), tf.float32)
+            logits = tf.cast(model(images, training=False), tf.float32)
             top = tf.math.top_k(logits, k=k)
             probabilities = tf.nn.softmax(logits)
             return {
@@ -61,34 +82,79 @@ class _Serving(tf.Module):
                 'top5_names': tf.gather(self.class_names, top.indices),
             }
 
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name='images')
-            ]
-        )
-        def serve(images):
-            """Normalised float images (the eval preprocessing's output) -> predictions."""
-            return predictions(images)
-
-        def preprocess(encoded):
+        def preprocess_encoded(encoded):
             # Exactly the evaluation pipeline's ops (input_pipeline.dataset.eval_dataset).
             image = augment.decode_and_center_crop(
                 encoded, image_size=image_size, crop_fraction=crop_fraction
             )
             return augment.normalize(image, tf.float32)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='image_bytes')])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
         def serve_bytes(image_bytes):
             """Encoded JPEG or PNG images -> predictions, preprocessed as in evaluation."""
             images = tf.map_fn(
-                preprocess,
+                preprocess_encoded,
                 image_bytes,
                 fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.float32),
             )
             return predictions(images)
 
-        self.serve = serve
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_IMAGES)]
+        )
+        def serve_uint8(images):
+            """Decoded RGB pixels of any size -> predictions, preprocessed as in evaluation.
+
+            The same window (`augment.central_crop_window`), the same bilinear resize of
+            uint8 pixels and the same normalisation as `augment.decode_window`, which
+            decodes only the window of a JPEG. Sliced from a whole decoded JPEG, the
+            window's pixels equal that partial decode's except, at times, in its first
+            and last columns (libjpeg's chroma upsampling at a crop edge), which a
+            resize to a much smaller side seldom reads: this matches `serving_default`
+            on the same file closely, not always bit for bit. One window serves the
+            whole batch, whose images share one size.
+            """
+            window = augment.central_crop_window(tf.shape(images)[1:3], crop_fraction)
+            cropped = images[
+                :, window[0] : window[0] + window[2], window[1] : window[1] + window[3], :
+            ]
+            resized = tf.image.resize(cropped, [image_size, image_size], method='bilinear')
+            return predictions(augment.normalize(resized, tf.float32))
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=INPUT_IMAGES)
+            ]
+        )
+        def serve_images(images):
+            """Normalised float images (the eval preprocessing's output) -> predictions."""
+            return predictions(images)
+
         self.serve_bytes = serve_bytes
+        self.serve_uint8 = serve_uint8
+        self.serve_images = serve_images
+        # The model is reached only through the functions' closure; the tf.Variables
+        # they read are tracked themselves. Were the Keras model tracked instead, each
+        # Keras 3 variable would be exported as a new copy of the tf.Variable it wraps:
+        # the checkpoint restores the copy while the functions read the original, a
+        # link that only `tf.saved_model.load` makes. TensorFlow Serving and
+        # `saved_model_cli run` load the graph as it is, and stopped with "Could not
+        # find variable conv3_block1_0_bn/moving_mean" (tests/export_test.py runs
+        # `saved_model_cli` on an export).
+        own = (self.class_names, self.image_size, self.crop_fraction)
+        used = {}
+        for function in (serve_bytes, serve_uint8, serve_images):
+            for variable in function.get_concrete_function().variables:
+                if not any(variable is mine for mine in own):
+                    used.setdefault(id(variable), variable)
+        self.model_variables = list(used.values())
+
+    def signature_functions(self) -> dict:
+        return {
+            SIGNATURE_BYTES: self.serve_bytes,
+            SIGNATURE_UINT8: self.serve_uint8,
+            SIGNATURE_IMAGES: self.serve_images,
+        }
 
 
 def export_saved_model(
@@ -100,7 +166,7 @@ def export_saved_model(
     class_names: Optional[Sequence[str]] = None,
     chief: bool = True,
 ) -> str:
-    """Writes a SavedModel with the two serving signatures to `path`.
+    """Writes a SavedModel with the three serving signatures to `path`.
 
     Writing goes to a sibling temporary folder first and is renamed at the end, so a
     crash never leaves a half export under the final name. Non-chief workers (which
@@ -110,7 +176,8 @@ def export_saved_model(
       model: Keras model from normalised images to logits.
       path: the export folder (`model_dir/saves/epoch_NNN`).
       image_size: the side of the model's input images.
-      crop_fraction: the evaluation's central crop, built into `serving_bytes`.
+      crop_fraction: the evaluation's central crop, built into `serving_default` and
+        `serving_uint8`.
       class_names: the name of each class, stored in the export.
       chief: whether this worker's export is kept.
 
@@ -126,11 +193,7 @@ def export_saved_model(
     target = path if chief else path + f'.tmp_worker_{os.getpid()}'
     tmp = target + '.partial'
     shutil.rmtree(tmp, ignore_errors=True)
-    tf.saved_model.save(
-        module,
-        tmp,
-        signatures={SIGNATURE_IMAGES: module.serve, SIGNATURE_BYTES: module.serve_bytes},
-    )
+    tf.saved_model.save(module, tmp, signatures=module.signature_functions())
     if chief:
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
@@ -143,15 +206,44 @@ def is_saved_model(path: str) -> bool:
     return tf.io.gfile.exists(os.path.join(path, 'saved_model.pb'))
 
 
+def _takes_float_images(signature) -> bool:
+    """Whether `signature` takes one float32 `[batch, size, size, 3]` `images` input."""
+    inputs = signature.structured_input_signature[1]
+    spec = inputs.get(INPUT_IMAGES)
+    return (
+        len(inputs) == 1
+        and spec is not None
+        and spec.dtype == tf.float32
+        and spec.shape.rank == 4
+        and 'logits' in signature.structured_outputs
+    )
+
+
 def load_predict_fn(path: str):
-    """Returns (images -> logits, image_size) for a SavedModel written by `export_saved_model`."""
+    """Returns (images -> logits, image_size) for a SavedModel written by `export_saved_model`.
+
+    The images are the eval pipeline's normalised floats, so the signature taking those
+    is looked up by its input, not by a fixed name: it is `serving_images` in exports of
+    this version and `serving_default` in older ones, whose `--only_eval` keeps working.
+
+    Raises:
+      errors.UserError: no signature of the export takes normalised float images.
+    """
     loaded = tf.saved_model.load(path)
-    signature = loaded.signatures[SIGNATURE_IMAGES]
-    spec = signature.structured_input_signature[1]['images']
-    image_size = spec.shape[1]
+    for name in (SIGNATURE_IMAGES, *_OLDER_SIGNATURES_IMAGES):
+        signature = loaded.signatures.get(name)
+        if signature is not None and _takes_float_images(signature):
+            break
+    else:
+        raise errors.UserError(
+            f'{path} has no signature that takes float32 images '
+            f'({SIGNATURE_IMAGES}({INPUT_IMAGES}) or an older serving_default({INPUT_IMAGES})); '
+            f'its signatures: {", ".join(sorted(loaded.signatures)) or "none"}'
+        )
+    image_size = signature.structured_input_signature[1][INPUT_IMAGES].shape[1]
 
     def predict(images):
-        return signature(images=tf.cast(images, tf.float32))['logits']
+        return signature(**{INPUT_IMAGES: tf.cast(images, tf.float32)})['logits']
 
     predict.loaded = loaded  # Keeps the restored variables alive.
     return predict, image_size

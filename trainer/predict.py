@@ -3,8 +3,9 @@
   python -m trainer.predict --model=/runs/d121/saves/epoch_090 cat.jpg dog.jpg
   python -m trainer.predict --model=/runs/d121 cat.jpg        # the run's newest export
 
-The export's `serving_bytes` signature does the evaluation preprocessing itself, so
-this reads the files' bytes and nothing else; it needs neither Keras nor the dataset.
+The export's signature for encoded images (`serving_default`; `serving_bytes` in
+exports of older versions) does the evaluation preprocessing itself, so this reads the
+files' bytes and nothing else; it needs neither Keras nor the dataset.
 Names are printed where the export carries them (from the TFRecords' class text or
 synset), else class indices only.
 
@@ -19,7 +20,12 @@ import os
 import sys
 from typing import List, Sequence
 
-SIGNATURE_BYTES = 'serving_bytes'  # trainer.export.SIGNATURE_BYTES, without importing it.
+# trainer.export's names, without importing it (it imports the input pipeline).
+SIGNATURE_BYTES = 'serving_default'
+INPUT_BYTES = 'image_bytes'
+# Where older exports kept the encoded-image signature (their `serving_default` took
+# float images).
+_OLDER_SIGNATURES_BYTES = ('serving_bytes',)
 
 
 class PredictError(Exception):
@@ -45,18 +51,34 @@ def format_predictions(name: str, classes, probabilities, names) -> List[str]:
     return lines
 
 
+def _bytes_signature(loaded, export: str):
+    """The signature of `loaded` that takes a batch of encoded images as `image_bytes`.
+
+    Recognised by its input rather than its name, so that exports of older versions,
+    which had it under `serving_bytes`, still classify.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    for name in (SIGNATURE_BYTES, *_OLDER_SIGNATURES_BYTES):
+        signature = loaded.signatures.get(name)
+        if signature is None:
+            continue
+        inputs = signature.structured_input_signature[1]
+        if list(inputs) == [INPUT_BYTES] and inputs[INPUT_BYTES].dtype == tf.string:
+            return signature
+    raise PredictError(
+        f'{export} has no signature that takes encoded images as {INPUT_BYTES} (exported '
+        'by an early version, or not by this trainer); evaluate it with main.py --only_eval'
+    )
+
+
 def predict(model_path: str, image_paths: Sequence[str]) -> List[str]:
     """Returns the printed lines for `image_paths` classified by the export at `model_path`."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  # After argument errors.
 
     export = find_export(model_path)
     loaded = tf.saved_model.load(export)
-    if SIGNATURE_BYTES not in loaded.signatures:
-        raise PredictError(
-            f'{export} has no {SIGNATURE_BYTES} signature (exported by an older version); '
-            'evaluate it with main.py --only_eval instead'
-        )
-    classify = loaded.signatures[SIGNATURE_BYTES]
+    classify = _bytes_signature(loaded, export)
     lines = []
     for path in image_paths:
         try:
@@ -65,7 +87,7 @@ def predict(model_path: str, image_paths: Sequence[str]) -> List[str]:
         except OSError as error:
             raise PredictError(f'cannot read {path}: {error.strerror}') from None
         try:
-            outputs = classify(image_bytes=tf.constant([encoded]))
+            outputs = classify(**{INPUT_BYTES: tf.constant([encoded])})
         except tf.errors.InvalidArgumentError:
             raise PredictError(f'{path} is not a JPEG or PNG image') from None
         lines += format_predictions(
