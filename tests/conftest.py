@@ -45,3 +45,16 @@ def absl_info_logs():
     absl_logging.set_verbosity(absl_logging.INFO)
     yield
     absl_logging.set_verbosity(before)
+
+
+@pytest.fixture(scope='session')
+def digits_dir(tmp_path_factory):
+    """The bundled digits as Inception-format TFRecords, written once for every test.
+
+    Tests only read it; a test that damages data makes its own copy.
+    """
+    path = str(tmp_path_factory.mktemp('digits') / 'data')
+    from input_pipeline import digits  # pylint: disable=g-import-not-at-top
+
+    digits.ensure_digits_dataset(path)
+    return path

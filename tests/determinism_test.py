@@ -35,15 +35,6 @@ from trainer import precision
 from trainer import step as steps
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp('digits') / 'data')
-    from input_pipeline import digits
-
-    digits.ensure_digits_dataset(path)
-    return path
-
-
 def _train_step(model):
     optimizer = optimizers.create_optimizer(
         'sgd', 0.01, momentum=0.9, nesterov=False, weight_decay=1e-4,

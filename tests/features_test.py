@@ -113,15 +113,6 @@ ROWS = {
 }
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp('digits') / 'data')
-    from input_pipeline import digits
-
-    digits.ensure_digits_dataset(path)
-    return path
-
-
 def _check_run(result, model_dir, name):
     report = f'{name}:\n{result.stderr[-3000:]}'
     assert result.returncode == 0, report

@@ -45,15 +45,6 @@ FLAGS = [
 ]
 
 @pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp('digits') / 'data')
-    from input_pipeline import digits
-
-    digits.ensure_digits_dataset(path)
-    return path
-
-
-@pytest.fixture(scope='module')
 def straight_run(digits_dir, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp('straight'))
     result = _run([*FLAGS, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}'])

@@ -24,15 +24,6 @@ _DEMO = ['--flagfile=demo.cfg', '--prepare_digits_demo=false']
 _STEPS = 20
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp('digits') / 'data')
-    from input_pipeline import digits
-
-    digits.ensure_digits_dataset(path)
-    return path
-
-
 def _validation_loss(digits_dir, prefix):
     """Mean cross-entropy of the demo model at `prefix` over the 300 validation digits.
 

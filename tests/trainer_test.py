@@ -98,15 +98,6 @@ def _main(*args, check=True):
     return result
 
 
-@pytest.fixture(scope='module')
-def digits_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp('digits') / 'data')
-    from input_pipeline import digits
-
-    digits.ensure_digits_dataset(path)
-    return path
-
-
 def _checkpoint_values(model_dir):
     reader = tf.train.load_checkpoint(
         tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
