@@ -72,6 +72,7 @@ ROWS = {
         '--optimizer=adam',
         '--lr_sched=exponential',
         '--lr_scaling=linear',
+        '--num_gpus=0',
     ],
     'mirrored_two_cpus_ema': [
         '--distribution_strategy=mirrored',
@@ -163,7 +164,14 @@ def test_fine_tuning_and_evaluation_only(rows, digits_dir, tmp_path):
     _, first = rows['jit_bfloat16']
     tuned = str(tmp_path / 'tuned')
     result = run_main(
-        [*TINY, f'--dataset_dir={digits_dir}', f'--model_dir={tuned}', f'--init_checkpoint={first}']
+        [
+            *TINY,
+            f'--dataset_dir={digits_dir}',
+            f'--model_dir={tuned}',
+            f'--init_checkpoint={first}',
+            '--lr_sched=steps',
+            '--lr_decay_epochs=1',
+        ]
     )
     _check_run(result, tuned, 'init_checkpoint')
     assert 'Initialised the weights from' in result.stderr
