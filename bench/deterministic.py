@@ -1,11 +1,15 @@
 """What `--deterministic` costs: training images/s through main.py with and without it.
 
   python bench/deterministic.py                               # DenseNet-121, 64 px, batch 16
-  python bench/deterministic.py --model=densenet_bc_22_12 --image_size=32 --batch_size=64
+  python bench/deterministic.py --model=densenet_bc_22_12 --image_size=32 --batch_size=64 \
+      --data=digits                                           # the demo's model, real JPEGs
 
 `--deterministic` turns on TensorFlow's op determinism (deterministic kernels, no
 clock reads in the loop) and fixes the seeds; the model's own gradient sums are exact
-either way (densenet/batch_norm.py). Each round runs main.py twice on synthetic data,
+either way (densenet/batch_norm.py). Under op determinism tf.data also runs a parallel
+map whose function is stateful one element at a time: `--data=digits` trains on the
+bundled digits as JPEG TFRecords, so that the input pipeline's share is measured too;
+`--data=synthetic` measures the model alone. Each round runs main.py twice on synthetic data,
 once with and once without the flag, alternating which goes first, so that load from
 other processes falls on both alike. A run logs images/s per window of
 `--steps_per_loop` steps; the first window (tracing) is dropped and the rest are
@@ -36,20 +40,26 @@ flags.DEFINE_integer('steps_per_loop', 5, 'Steps per logged window.')
 flags.DEFINE_integer('windows', 3, 'Timed windows per run, after the tracing one.')
 flags.DEFINE_integer('rounds', 3, 'Pairs of runs.')
 flags.DEFINE_string('precision', 'float32', 'Compute precision of both runs.')
+flags.DEFINE_enum('data', 'synthetic', ['synthetic', 'digits'], 'Training data.')
 FLAGS = flags.FLAGS
 
 
-def _images_per_second(deterministic: bool) -> float:
+def _data_flags(folder: str):
+    if FLAGS.data == 'synthetic':
+        return ['--synthetic_data', '--num_classes=1000']
+    return ['--prepare_digits_demo', f'--dataset_dir={folder}', '--num_classes=10']
+
+
+def _images_per_second(deterministic: bool, data_dir: str) -> float:
     """The median images/s of one main.py run's windows after the first."""
     with tempfile.TemporaryDirectory() as model_dir:
         steps = FLAGS.steps_per_loop * (FLAGS.windows + 1)
         command = [
             sys.executable,
             os.path.join(ROOT, 'main.py'),
-            '--synthetic_data',
+            *_data_flags(data_dir),
             f'--model={FLAGS.model}',
             f'--image_size={FLAGS.image_size}',
-            '--num_classes=1000',
             f'--batch_size={FLAGS.batch_size}',
             f'--precision={FLAGS.precision}',
             f'--train_steps={steps}',
@@ -70,10 +80,11 @@ def _images_per_second(deterministic: bool) -> float:
 def main(argv):
     del argv
     runs = {True: [], False: []}
+    data_dir = tempfile.mkdtemp()
     for round_index in range(FLAGS.rounds):
         order = (False, True) if round_index % 2 == 0 else (True, False)
         for deterministic in order:
-            runs[deterministic].append(_images_per_second(deterministic))
+            runs[deterministic].append(_images_per_second(deterministic, data_dir))
             print(f'round {round_index + 1}: deterministic={deterministic} '
                   f'{runs[deterministic][-1]:.1f} images/s', flush=True)
     default, deterministic = (statistics.median(runs[key]) for key in (False, True))
@@ -82,6 +93,7 @@ def main(argv):
         'image_size': FLAGS.image_size,
         'batch_size': FLAGS.batch_size,
         'precision': FLAGS.precision,
+        'data': FLAGS.data,
         'images_per_second_default': round(default, 2),
         'images_per_second_deterministic': round(deterministic, 2),
         'ratio': round(deterministic / default, 3),
