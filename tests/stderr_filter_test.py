@@ -17,6 +17,12 @@ HARMLESS_LINES = [
     'your machine, GPU will not be used.',
     'E0000 00:00:1796167097.673181   12927 node_def_util.cc:682] NodeDef mentions attribute '
     'use_unbounded_threadpool which is not in the op definition: Op<name=MapDataset>',
+    # TensorFlow 2.15's format.
+    '2026-12-02 00:25:46.586135: E external/local_xla/xla/stream_executor/cuda/cuda_dnn.cc:9261] '
+    'Unable to register cuDNN factory: Attempting to register factory for plugin cuDNN when '
+    'one has already been registered',
+    '2026-12-02 00:25:48.508457: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] '
+    'TF-TRT Warning: Could not find TensorRT',
 ]
 CUINIT = (
     'E0000 00:00:1796167090.166083   12927 cuda_platform.cc:52] failed call to cuInit: '

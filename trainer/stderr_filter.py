@@ -9,6 +9,9 @@ straight to file descriptor 2, before and around its own logging set-up, which
   notice (`cpu_feature_guard.cc`, two lines): information;
 - `failed call to cuInit` (`cuda_platform.cc`), an error line on every machine
   without an NVIDIA driver, from the GPU build of TensorFlow probing for GPUs;
+- TensorFlow 2.15's `Unable to register cuDNN/cuFFT/cuBLAS factory` error lines (its
+  GPU plugins register twice as the module loads) and `TF-TRT Warning: Could not find
+  TensorRT` (TensorRT is optional);
 - `NodeDef mentions attribute use_unbounded_threadpool ...` (`node_def_util.cc`):
   under op determinism (`--deterministic`) tf.data runs a parallel map whose function
   is stateful as a sequential map, and the attribute that only the parallel op knows
@@ -41,6 +44,9 @@ _HARMLESS = (
     r'cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized',
     r'^To enable the following instructions: .*rebuild TensorFlow with the appropriate',
     r'util\.cc:\d+\] oneDNN supports DT_INT64 only on platforms with AVX-512',
+    r'Unable to register cu(DNN|FFT|BLAS) factory: Attempting to register factory for '
+    r'plugin cu(DNN|FFT|BLAS) when one has already been registered',
+    r'TF-TRT Warning: Could not find TensorRT',
     r'node_def_util\.cc:\d+\] NodeDef mentions attribute use_unbounded_threadpool',
     r'tf_record_dataset_op\.cc:\d+\] (TFRecordDataset `buffer_size` is unspecified|'
     r'The default buffer size is)',
