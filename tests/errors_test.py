@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from main_runs import run_main
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = [
@@ -267,20 +269,10 @@ runpy.run_path({main!r}, run_name='__main__')
 def test_internal_error_shows_its_traceback_and_says_it_is_a_bug(tmp_path):
     launcher = tmp_path / 'buggy_main.py'
     launcher.write_text(_BUGGY_LAUNCHER.format(root=ROOT, main=os.path.join(ROOT, 'main.py')))
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(launcher),
-            *TINY,
-            '--synthetic_data',
-            '--train_steps=1',
-            f'--model_dir={tmp_path / "model"}',
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'},
+    result = run_main(
+        [*TINY, '--synthetic_data', '--train_steps=1', f'--model_dir={tmp_path / "model"}'],
+        launcher=str(launcher),
+        env={'TF_CPP_MIN_LOG_LEVEL': '2'},
     )
     report = result.stderr[-4000:]
     assert result.returncode == 2, report

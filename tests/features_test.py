@@ -13,8 +13,6 @@ import concurrent.futures
 import math
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
@@ -131,10 +129,7 @@ def _run_row(name, digits_dir, tmp):
     launcher = os.path.join(tmp, 'two_cpus.py')
     with open(launcher, 'w') as stream:
         stream.write(_TWO_CPU_LAUNCHER.format(root=ROOT, main=MAIN))
-    result = subprocess.run(
-        [sys.executable, launcher, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    return result, model_dir
+    return run_main(args, launcher=launcher), model_dir
 
 
 @pytest.fixture(scope='module')

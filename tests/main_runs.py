@@ -46,10 +46,13 @@ def write_pausing_launcher(folder) -> str:
     return path
 
 
-def run_main(args, timeout=300, env=None):
-    """Runs main.py to its end; returns the `subprocess.CompletedProcess`."""
+def run_main(args, timeout=300, env=None, launcher=None):
+    """Runs main.py (or a `launcher` script that runs it) to its end.
+
+    Returns the `subprocess.CompletedProcess`; `env` adds to this process's environment.
+    """
     return subprocess.run(
-        [sys.executable, MAIN, *args],
+        [sys.executable, launcher or MAIN, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
