@@ -1,5 +1,7 @@
 """Tests of trainer/precision.py: the loss-scaling rule, skipped steps, its checkpoint."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import tensorflow as tf
 from trainer import loop
 from trainer import precision
 from trainer import step as steps
+from trainer import summaries
 
 
 def _reference_rule(finite_steps, scale, interval):
@@ -107,6 +110,9 @@ def test_overflowing_step_is_skipped_and_counted():
     before = [w.numpy() for w in model.weights]
     totals = train_loop(iterator, tf.constant(1))
     assert float(totals['skipped']) == 1.0
+    # The skipped step's inf gradients do not reach the logged gradient norm.
+    assert float(totals['grad_norm_sq']) == 0.0
+    skipped_totals = {key: float(value) for key, value in totals.items()}
     for old, new in zip(before, model.weights):
         np.testing.assert_array_equal(old, new.numpy())
     # The step still counts (data position and schedule follow batches).
@@ -117,6 +123,14 @@ def test_overflowing_step_is_skipped_and_counted():
     scaler.scale.assign(2.0**10)
     totals = train_loop(iterator, tf.constant(1))
     assert float(totals['skipped']) == 0.0 and int(optimizer.iterations.numpy()) == 2
+    # An interval of the two steps: the norm is the applied step's, not NaN or halved.
+    keys = ('cross_entropy', 'l2', 'top1', 'top5', 'count', 'grad_norm_sq', 'skipped')
+    window = {key: skipped_totals[key] + float(totals[key]) for key in keys}
+    scalars = summaries.train_scalars(
+        window, steps=2, seconds=1.0, learning_rate=0.1, epoch=1.0, weight_norm=1.0
+    )
+    assert scalars['gradient_norm'] == pytest.approx(math.sqrt(float(totals['grad_norm_sq'])))
+    assert scalars['gradient_norm'] > 0 and scalars['skipped_steps'] == 1.0
     scaled = [w.numpy() for w in model.weights]
     reference, _, reference_loop, reference_iterator = _tiny_step(
         precision.LossScaler(), input_scale=100.0
@@ -151,6 +165,45 @@ def test_float16_training_with_dynamic_scaling_moves_the_loss():
     last = float(train_loop(iterator, tf.constant(1))['cross_entropy'])
     assert float(totals['skipped']) == 0.0
     assert last < 0.8 * first
+
+
+def _underflow_case(compute_dtype, scaler):
+    """Gradients of a model whose first kernel's gradient is about 1e-10 per value.
+
+    Tiny inputs (1e-4) times a small backpropagated signal (the mean over a global batch
+    of 2^14 examples) fall below float16's smallest subnormal, 6e-8: computed in float16
+    at scale 1 that gradient is exactly zero, while float32 represents it. The loss scale
+    exists for this case.
+    """
+    keras.utils.set_random_seed(3)
+    policy = keras.mixed_precision.Policy('mixed_float16' if compute_dtype == 'float16' else 'float32')
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(16, dtype=policy),
+            keras.layers.Dense(3, dtype='float32'),
+        ]
+    )
+    optimizer = keras.optimizers.SGD(0.1)
+    train_step = steps.TrainStep(model, optimizer, loss_scaler=scaler, global_batch_size=2**14)
+    rng = np.random.default_rng(4)
+    images = (1e-4 * rng.normal(size=(8, 4))).astype('float32')
+    labels = np.arange(8) % 3
+    gradients, _ = tf.function(train_step.gradients)(images, labels)
+    return [g.numpy() for g in gradients]
+
+
+def test_float16_loss_scale_rescues_underflowing_gradients():
+    reference = _underflow_case('float32', precision.LossScaler())
+    first_kernel = reference[0]
+    assert 0 < np.max(np.abs(first_kernel)) < 1e-8
+    # The case is real: without scaling float16 flushes that gradient to zero...
+    unscaled = _underflow_case('float16', precision.LossScaler())
+    assert not np.any(unscaled[0]), 'float16 at scale 1 should underflow here'
+    # ...and float16's own scaler (dynamic, from 2^15) recovers float32's gradients.
+    scaled = _underflow_case('float16', precision.create_loss_scaler('float16'))
+    for got, want in zip(scaled, reference):
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=1e-3 * np.max(np.abs(want)))
 
 
 def test_state_is_checkpointed(tmp_path):

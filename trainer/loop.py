@@ -132,6 +132,9 @@ def make_train_loop(
             tf.cond(finite, lambda: apply(gradients), train_step.skip)
             scaler.update(finite)
             sums['skipped'] = 1.0 - tf.cast(finite, tf.float32)
+            # A skipped step's gradients are inf or NaN: its squared norm would make the
+            # whole interval's gradient_norm NaN. The norm is over the applied steps.
+            sums['grad_norm_sq'] = tf.where(finite, sums['grad_norm_sq'], 0.0)
         else:
             apply(gradients)
             sums['skipped'] = tf.constant(0.0)

@@ -147,6 +147,7 @@ def train_scalars(
     seconds = max(seconds, 1e-9)
     cross_entropy = window['cross_entropy'] / count
     l2 = window['l2'] / steps
+    applied = steps - int(round(window.get('skipped', 0.0)))
     values = {
         'loss': cross_entropy + l2,
         'cross_entropy': cross_entropy,
@@ -156,8 +157,12 @@ def train_scalars(
         'learning_rate': learning_rate,
         'loss_scale': 1.0 if loss_scale is None else loss_scale,
         'skipped_steps': window.get('skipped', 0.0),
-        # Root of the mean over steps: the typical step's norm, not the norm of a sum.
-        'gradient_norm': math.sqrt(max(window.get('grad_norm_sq', 0.0), 0.0) / steps),
+        # Root of the mean over the applied steps (a skipped step's gradients were not
+        # finite; the loop counts them as 0): the typical step's norm, not a sum's. NaN
+        # when every step of the interval was skipped.
+        'gradient_norm': (
+            math.sqrt(max(window.get('grad_norm_sq', 0.0), 0.0) / applied) if applied else math.nan
+        ),
         'weight_norm': weight_norm,
         'images_per_second': window['count'] / seconds,
         'step_time': seconds / steps,
