@@ -12,24 +12,60 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def _split_the_cpu_in_two():
+def _split_the_cpu_in_two(parts=2):
     """Two logical CPU devices, so that MirroredStrategy can run two replicas here.
 
     It must happen before TensorFlow initialises its devices, hence at import of this
     file. Ops placed without a device still run on /cpu:0, so other tests see no change.
+
+    Returns None, or why the CPU could not be split: the mirrored tests skip with that
+    reason (see `two_cpus`) rather than a guess. `parts` is the number of logical CPUs;
+    a test asks for another number once TensorFlow has started, to see that failure.
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    cpu = tf.config.list_physical_devices('CPU')[0]
+    cpus = tf.config.list_physical_devices('CPU')
+    if not cpus:
+        return 'TensorFlow lists no physical CPU to split'
     try:
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * parts
         )
-    except RuntimeError:  # Devices already initialised (e.g. conftest imported late).
-        pass
+    except RuntimeError as error:
+        # TensorFlow refuses once its devices are initialised: something ran TensorFlow
+        # before pytest imported this file (a plugin, or a script calling pytest.main).
+        return (
+            'TensorFlow had already initialised its devices when tests/conftest.py tried '
+            f'to split the CPU (RuntimeError: {error})'
+        )
+    except ValueError as error:
+        return f'TensorFlow refused to split the CPU (ValueError: {error})'
+    return None
 
 
-_split_the_cpu_in_two()
+# None, or why conftest.py could not make two logical CPUs.
+_TWO_CPUS_MISSING = _split_the_cpu_in_two()
+
+
+@pytest.fixture
+def two_cpus():
+    """A MirroredStrategy over the two logical CPUs, or a skip that says why there are none.
+
+    The shared check of every mirrored test: a test that needs two replicas skips with
+    the reason recorded at import (or the devices TensorFlow actually lists), never
+    silently and never with a fixed message that hides the cause.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    if _TWO_CPUS_MISSING:
+        pytest.skip(f'needs two logical CPUs: {_TWO_CPUS_MISSING}')
+    cpus = [device.name for device in tf.config.list_logical_devices('CPU')]
+    if len(cpus) < 2:
+        pytest.skip(
+            'needs two logical CPUs: tests/conftest.py split the CPU, yet TensorFlow '
+            f'lists only {cpus}'
+        )
+    return tf.distribute.MirroredStrategy(cpus[:2])
 
 
 @pytest.fixture

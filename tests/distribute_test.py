@@ -1,16 +1,20 @@
 """Tests of trainer/distribute.py and of training under several replicas and workers.
 
-MirroredStrategy runs over the two logical CPUs that conftest.py makes; the
-multi-worker test starts two `main.py` processes on localhost ports.
+MirroredStrategy runs over the two logical CPUs that conftest.py makes (its `two_cpus`
+fixture, which skips with the reason when there are none); the multi-worker test
+starts two `main.py` processes on localhost ports.
 """
 
+import functools
 import importlib.util
 import json
+import math
 import os
 import re
 import socket
 import subprocess
 import sys
+import types
 
 import keras
 import numpy as np
@@ -24,15 +28,12 @@ from trainer import gaudi
 from trainer import loop
 from trainer import precision
 from trainer import step as steps
+from trainer import summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PER_REPLICA_BATCH = 8
-
-
-def _mirrored():
-    if len(tf.config.list_logical_devices('CPU')) < 2:
-        pytest.skip('needs the two logical CPUs that conftest.py sets up')
-    return tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+WEIGHT_DECAY = 1e-2
+LABEL_SMOOTHING = 0.1
 
 
 def _local_values(strategy, weight):
@@ -40,8 +41,36 @@ def _local_values(strategy, weight):
     return [v.numpy() for v in strategy.experimental_local_results(variable)]
 
 
-def _train(strategy, global_batch, *, poison=None, initial_scale=2.0**15, num_steps=3):
-    """A tiny model without batch norm through TrainStep and the loop under `strategy`."""
+def _batches(global_batch, num_steps, *, poison=None):
+    """`num_steps` batches of random examples; fewer steps give a prefix of more.
+
+    Images and labels come from streams of their own, so the first steps' examples do
+    not depend on how many steps are drawn.
+    """
+    images = np.random.default_rng(5).normal(size=(global_batch * num_steps, 6))
+    labels = np.random.default_rng(6).integers(0, 4, global_batch * num_steps)
+    images = images.astype(np.float32)
+    if poison is not None:
+        images[poison] = np.inf
+    return images, labels.astype(np.int32)
+
+
+def _train(
+    strategy,
+    global_batch,
+    *,
+    poison=None,
+    initial_scale=2.0**15,
+    num_steps=3,
+    accumulation_steps=1,
+    snapshots=None,
+):
+    """A tiny model without batch norm through TrainStep and the loop under `strategy`.
+
+    Without batch norm, micro-batches change no result: accumulation must give the
+    whole batch's update exactly. With a `snapshots` list, the loop runs one step per
+    call and the list receives the trainable weights before each step.
+    """
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = keras.Sequential(
@@ -61,50 +90,138 @@ def _train(strategy, global_batch, *, poison=None, initial_scale=2.0**15, num_st
         loss_scaler=scaler,
         global_batch_size=global_batch,
         num_replicas=strategy.num_replicas_in_sync,
-        weight_decay=1e-2,
-        label_smoothing=0.1,
+        weight_decay=WEIGHT_DECAY,
+        label_smoothing=LABEL_SMOOTHING,
+        accumulation_steps=accumulation_steps,
         weight_average=average,
     )
-    rng = np.random.default_rng(5)
-    images = rng.normal(size=(global_batch * num_steps, 6)).astype(np.float32)
-    labels = rng.integers(0, 4, global_batch * num_steps).astype(np.int32)
-    if poison is not None:
-        images[poison] = np.inf
+    images, labels = _batches(global_batch, num_steps, poison=poison)
     data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(global_batch)
     iterator = iter(strategy.experimental_distribute_dataset(data))
     train_loop = loop.make_train_loop(strategy, train_step)
-    totals = train_loop(iterator, tf.constant(num_steps))
-    return model, optimizer, scaler, average, {k: float(v) for k, v in totals.items()}
+    if snapshots is None:
+        totals = train_loop(iterator, tf.constant(num_steps))
+        return model, optimizer, scaler, average, {k: float(v) for k, v in totals.items()}
+    totals = {}
+    for _ in range(num_steps):
+        snapshots.append([weight.numpy() for weight in model.trainable_weights])
+        for key, value in train_loop(iterator, tf.constant(1)).items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    return model, optimizer, scaler, average, totals
 
 
-def test_mirrored_equals_one_device_with_the_double_batch():
-    strategy = _mirrored()
+@functools.cache
+def _one_device_reference(global_batch):
+    """`_train` on one device, as NumPy values: the reference of several mirrored runs."""
+    model, optimizer, scaler, average, totals = _train(tf.distribute.get_strategy(), global_batch)
+    return types.SimpleNamespace(
+        weights=[weight.numpy() for weight in model.weights],
+        averages=[average.numpy() for average in average.averages],
+        totals=totals,
+        iterations=int(optimizer.iterations.numpy()),
+        good_steps=int(scaler.good_steps.numpy()),
+    )
+
+
+@pytest.mark.parametrize('accumulation_steps', [1, 2])
+def test_mirrored_equals_one_device_with_the_double_batch(two_cpus, accumulation_steps):
+    """Two replicas, each accumulating over micro-batches or not, make one device's steps.
+
+    Each replica divides its loss by the global batch and the optimizer sums over
+    replicas; with accumulation each replica also sums over its micro-batches and splits
+    the L2 term over replicas and micro-batches. Any of these divisions taken per
+    replica or per micro-batch instead changes the update.
+    """
+    strategy = two_cpus
     assert strategy.num_replicas_in_sync == 2
     global_batch = 2 * PER_REPLICA_BATCH
-    model, optimizer, scaler, average, totals = _train(strategy, global_batch)
-    reference, ref_optimizer, ref_scaler, ref_average, ref_totals = _train(
-        tf.distribute.get_strategy(), global_batch
+    model, optimizer, scaler, average, totals = _train(
+        strategy, global_batch, accumulation_steps=accumulation_steps
     )
+    reference = _one_device_reference(global_batch)
     for weight, want in zip(model.weights, reference.weights):
         replicas = _local_values(strategy, weight)
         np.testing.assert_array_equal(replicas[0], replicas[1])  # Replicas in sync.
-        np.testing.assert_allclose(replicas[0], want.numpy(), rtol=1e-5, atol=1e-6)
-    for got, want in zip(average.averages, ref_average.averages):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(replicas[0], want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(average.averages, reference.averages):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
     # Metrics summed over replicas are the one device's.
     for key in ('cross_entropy', 'l2', 'top1', 'top5', 'count', 'skipped'):
-        assert totals[key] == pytest.approx(ref_totals[key], rel=1e-5, abs=1e-6), key
+        assert totals[key] == pytest.approx(reference.totals[key], rel=1e-5, abs=1e-6), key
     assert totals['count'] == 3 * global_batch
-    assert int(optimizer.iterations.numpy()) == int(ref_optimizer.iterations.numpy()) == 3
-    assert int(scaler.good_steps.numpy()) == int(ref_scaler.good_steps.numpy()) == 3
+    assert int(optimizer.iterations.numpy()) == reference.iterations == 3
+    assert int(scaler.good_steps.numpy()) == reference.good_steps == 3
     # Not trivially equal: training moved the weights.
-    untrained = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(4)])
     keras.utils.set_random_seed(0)
+    untrained = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8), keras.layers.Dense(4)])
     assert not np.allclose(model.weights[0].numpy(), untrained.weights[0].numpy())
 
 
-def test_mirrored_skips_on_every_replica_when_one_overflows():
-    strategy = _mirrored()
+def _estimate_norm_sq(weights, images, labels):
+    """Squared global norm of one replica's own estimate of the loss gradient.
+
+    Written out independently of `TrainStep`, in float64: the gradient of the mean
+    label-smoothed cross-entropy over the replica's examples plus the whole L2 term
+    (WEIGHT_DECAY / 2 * the squared kernels), by a plain tape through `_train`'s model
+    (Dense-ReLU-Dense) given as `weights` [kernel, bias, kernel, bias].
+    """
+    variables = [tf.Variable(np.asarray(w, np.float64)) for w in weights]
+    kernel1, bias1, kernel2, bias2 = variables
+    num_classes = weights[-1].shape[0]
+    targets = np.eye(num_classes)[labels] * (1 - LABEL_SMOOTHING) + LABEL_SMOOTHING / num_classes
+    with tf.GradientTape() as tape:
+        hidden = tf.nn.relu(tf.constant(images, tf.float64) @ kernel1 + bias1)
+        log_probs = tf.nn.log_softmax(hidden @ kernel2 + bias2)
+        cross_entropy = -tf.reduce_mean(tf.reduce_sum(targets * log_probs, axis=-1))
+        l2 = 0.5 * WEIGHT_DECAY * (tf.reduce_sum(kernel1**2) + tf.reduce_sum(kernel2**2))
+        loss = cross_entropy + l2
+    return sum(float(tf.reduce_sum(g**2)) for g in tape.gradient(loss, variables))
+
+
+def test_gradient_norm_on_two_replicas_is_readmes_formula(two_cpus):
+    """README's `gradient_norm` on several replicas, from the loop's totals as logged.
+
+    README: the root of the mean over steps of the squared gradient norm; on several
+    replicas, of each replica's estimate of the gradient. Each replica's estimate is
+    the gradient of the mean loss over its own share of the batch; the squares are
+    averaged over replicas and steps. Checked with accumulation on, whose micro-batches
+    must sum to the replica's estimate, against a plain tape on each replica's half of
+    each batch at the weights the step started from.
+    """
+    strategy = two_cpus
+    global_batch, num_steps = 2 * PER_REPLICA_BATCH, 3
+    snapshots = []
+    *_, totals = _train(
+        strategy, global_batch, num_steps=num_steps, accumulation_steps=2, snapshots=snapshots
+    )
+    logged = summaries.train_scalars(
+        totals, steps=num_steps, seconds=1.0, learning_rate=0.1, epoch=1.0, weight_norm=1.0
+    )['gradient_norm']
+
+    images, labels = _batches(global_batch, num_steps)
+    squares, global_squares = [], []
+    for index, weights in enumerate(snapshots):
+        step = slice(index * global_batch, (index + 1) * global_batch)
+        # experimental_distribute_dataset deals each batch's first half to replica 0.
+        halves = [
+            (
+                images[step][r * PER_REPLICA_BATCH : (r + 1) * PER_REPLICA_BATCH],
+                labels[step][r * PER_REPLICA_BATCH : (r + 1) * PER_REPLICA_BATCH],
+            )
+            for r in range(2)
+        ]
+        squares += [_estimate_norm_sq(weights, *half) for half in halves]
+        global_squares.append(_estimate_norm_sq(weights, images[step], labels[step]))
+    want = math.sqrt(sum(squares) / len(squares))
+    assert logged == pytest.approx(want, rel=1e-5), 'logged gradient_norm vs README formula'
+    # The test tells the formula from its neighbours: the all-reduced gradient's norm,
+    # and the sum rather than the mean over replicas.
+    assert abs(math.sqrt(sum(global_squares) / num_steps) - want) > 1e-3 * want
+    assert abs(math.sqrt(sum(squares) / num_steps) - want) > 1e-3 * want
+
+
+def test_mirrored_skips_on_every_replica_when_one_overflows(two_cpus):
+    strategy = two_cpus
     global_batch = 2 * PER_REPLICA_BATCH
     keras.utils.set_random_seed(0)
     # Example 12 of the first batch goes to the second replica: only its gradients
@@ -145,9 +262,30 @@ def test_is_chief_task_follows_tf_config(monkeypatch):
         assert distribute.is_chief_task() == chief, value
 
 
-def test_xla_updates_need_one_replica_or_gpus():
+def test_xla_updates_need_one_replica_or_gpus(two_cpus):
     assert distribute.xla_compiles_updates(tf.distribute.get_strategy())
-    assert not distribute.xla_compiles_updates(_mirrored())
+    assert not distribute.xla_compiles_updates(two_cpus)
+
+
+def test_mirrored_tests_skip_saying_why_there_are_no_two_cpus(monkeypatch, request):
+    """Where conftest.py cannot split the CPU, `two_cpus` skips with the reason.
+
+    By now TensorFlow has initialised its devices, so a new split (three parts: the
+    same two would be a no-op) fails as the first one does when something runs
+    TensorFlow before conftest.py is imported (a plugin, a script calling pytest.main).
+    The reason recorded must name that and TensorFlow's own error, and the skip must
+    carry it, so that a run which lost its mirrored tests says why.
+    """
+    import conftest  # pylint: disable=g-import-not-at-top
+
+    tf.config.list_logical_devices('CPU')  # Initialised, whatever ran before.
+    reason = conftest._split_the_cpu_in_two(parts=3)  # pylint: disable=protected-access
+    assert reason.startswith('TensorFlow had already initialised its devices'), reason
+    assert 'Virtual devices cannot be modified after being initialized' in reason
+    monkeypatch.setattr(conftest, '_TWO_CPUS_MISSING', reason)
+    with pytest.raises(pytest.skip.Exception) as info:
+        request.getfixturevalue('two_cpus')
+    assert str(info.value) == f'needs two logical CPUs: {reason}'
 
 
 @pytest.mark.skipif(
