@@ -2,8 +2,11 @@
 
 The end-to-end test trains a tiny DenseNet-BC for 4 steps through `main.py`, starts
 `tensorboard --logdir` on a free loopback port, and compares what its HTTP data API
-serves with `eval_results.jsonl` and with the formulas. Unit tests pin the figures that
-the summaries are computed from: the gradient norm, the input wait, the image grid.
+serves with `eval_results.jsonl` and with the formulas. The same run's event files are
+read back against independent references: the learning rate against the cosine and
+warmup formula written here, the weight norm and the histograms against the
+checkpoints written at the same steps. Unit tests pin the figures that the summaries
+are computed from: the gradient norm, the input wait, the image grid.
 """
 
 import glob
@@ -25,7 +28,10 @@ import tensorflow as tf
 
 import densenet
 from input_pipeline import augment
+from main_runs import checkpoints
 from trainer import loop
+from trainer import optimizers
+from trainer import schedules
 from trainer import step as steps
 from trainer import summaries
 from trainer.config import RunConfig
@@ -50,10 +56,30 @@ TRAIN_TAGS = {
 }
 EVAL_TAGS = {'top1', 'top5', 'loss', 'cross_entropy'}
 
+# The tiny run's schedule: cosine from INITIAL_LR to FINAL_LR over its TRAIN_STEPS,
+# times a linear warmup over WARMUP_STEPS = round(0.13 epochs x 23 steps per epoch).
+TRAIN_STEPS, INITIAL_LR, FINAL_LR, WARMUP_STEPS = 4, 0.05, 0.001, 3
+LOGGED_STEPS = (2, 4)
+
+
+def _expected_learning_rate(step, warmup=True):
+    """The rate of the step-th update (1-based), which the summary at `step` shows.
+
+    Keras optimizers evaluate the schedule at their counter before incrementing it, so
+    the step-th update uses the schedule at step - 1 (see
+    `test_the_optimizer_applies_the_schedule_at_the_updates_it_has_done`): progress
+    (step - 1) / TRAIN_STEPS, and warmup factor ((step - 1) + 1) / WARMUP_STEPS
+    (`warmup=False` leaves it out).
+    """
+    progress = (step - 1) / TRAIN_STEPS
+    cosine = FINAL_LR + (INITIAL_LR - FINAL_LR) * (1 + math.cos(math.pi * progress)) / 2
+    return cosine * min(1.0, step / WARMUP_STEPS) if warmup else cosine
+
 
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
-    """A 4-step run on the digits, logging every 2 steps; returns (model_dir, result)."""
+    """A 4-step run on the digits, logging and checkpointing every 2 steps, evaluating at
+    the end; returns (model_dir, result)."""
     from input_pipeline import digits
 
     tmp = tmp_path_factory.mktemp('summaries')
@@ -68,15 +94,18 @@ def tiny_run(tmp_path_factory):
             '--num_classes=10',
             '--bfloat16=false',
             '--batch_size=64',
-            '--lr_sched=steps',
-            '--initial_lr=0.05',
+            '--lr_sched=cosine',
+            f'--initial_lr={INITIAL_LR}',
+            f'--final_lr={FINAL_LR}',
+            '--warmup_epochs=0.13',
             # Not --deterministic: under op determinism the input wait is not measured.
             '--seed=3',
             '--shuffle_buffer=256',
-            '--train_steps=4',
+            f'--train_steps={TRAIN_STEPS}',
             '--steps_per_loop=2',
             '--log_every_steps=2',
-            '--checkpoint_every_steps=4',
+            '--checkpoint_every_steps=2',
+            '--keep_checkpoints=10',
             '--histograms',
             '--profile_steps=2,3',
             f'--dataset_dir={data_dir}',
@@ -185,14 +214,16 @@ def test_tensorboard_server_serves_the_runs_summaries(tiny_run):
         # Training: one point per log interval, consistent with each other.
         train = {tag: scalars('train', tag) for tag in TRAIN_TAGS}
         for tag, values in train.items():
-            assert sorted(values) == [2, 4], tag
+            assert sorted(values) == list(LOGGED_STEPS), tag
             assert all(math.isfinite(value) for value in values.values()), tag
-        for step in (2, 4):
+        for step in LOGGED_STEPS:
             assert train['loss'][step] == pytest.approx(
                 train['cross_entropy'][step] + train['l2'][step], rel=1e-6
             )
             assert train['epoch'][step] == pytest.approx(step / 23)  # 1,497 digits // 64
-            assert train['learning_rate'][step] == pytest.approx(0.05)
+            assert train['learning_rate'][step] == pytest.approx(
+                _expected_learning_rate(step), rel=1e-5
+            )
             assert 0 <= train['top1'][step] <= train['top5'][step] <= 1
             assert 0 <= train['input_wait_fraction'][step] <= 1
             assert train['gradient_norm'][step] > 0 and train['weight_norm'][step] > 0
@@ -235,10 +266,12 @@ def test_console_shows_banner_and_plain_progress_lines(tiny_run):
     assert len(lines) == 2, lines
     pattern = (
         r'epoch 0\.\d\d/0\.1739 step (2|4)/4 \(\d+\.\d%\): loss \d+\.\d{4} top-1 [01]\.\d{4} '
-        r'lr 0\.05000 \d+\.\d images/s ETA \d+:\d\d:\d\d'
+        r'lr (0\.\d{5}) \d+\.\d images/s ETA \d+:\d\d:\d\d'
     )
     for line in lines:
-        assert re.fullmatch(pattern, line), line
+        match = re.fullmatch(pattern, line)
+        assert match, line
+        assert match.group(2) == f'{_expected_learning_rate(int(match.group(1))):.5f}', line
     assert 'Evaluating [' in result.stderr  # The progress bar's final line.
 
 
@@ -249,6 +282,111 @@ def test_profile_trace_is_written_for_tensorboard(tiny_run):
     )
     assert len(traces) == 1 and os.path.getsize(traces[0]) > 0
     assert 'Profiling train steps 2 to 3' in result.stderr
+
+
+def _events(model_dir, run, plugin):
+    """{tag: {step: value}} of one plugin's summaries in the event files of `run`.
+
+    Read with TensorFlow's record reader, a path of its own beside the server's.
+    """
+    values = {}
+    for path in tf.io.gfile.glob(os.path.join(model_dir, 'logs', run, 'events.out.tfevents.*')):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == plugin:
+                    values.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
+    return values
+
+
+def _checkpointed_model(model_dir, step):
+    """The tiny run's model with the weights of its checkpoint at `step`."""
+    model = densenet.create_model('densenet_bc_10_4', num_classes=10, image_size=32)
+    status = tf.train.Checkpoint(model=model).restore(checkpoints(model_dir)[step])
+    status.assert_existing_objects_matched().expect_partial()
+    return model
+
+
+def _name(variable):
+    """A variable's name as TensorBoard shows it: Keras 3's path, Keras 2's name less `:0`."""
+    return getattr(variable, 'path', None) or variable.name.rsplit(':', 1)[0]
+
+
+def test_learning_rate_is_the_rate_of_each_logged_steps_update(tiny_run):
+    model_dir, _ = tiny_run
+    scalars = _events(model_dir, 'train', 'scalars')
+    logged = {step: float(value) for step, value in scalars['learning_rate'].items()}
+    expected = {step: _expected_learning_rate(step) for step in LOGGED_STEPS}
+    assert logged == pytest.approx(expected, rel=1e-5)
+    # It can fail: a summary one step off either way, or one without the warmup (still
+    # on at step 2), would show values more than 10% away.
+    for step in LOGGED_STEPS:
+        for wrong in (_expected_learning_rate(step - 1), _expected_learning_rate(step + 1)):
+            assert abs(wrong - expected[step]) > 0.1 * expected[step], step
+    assert _expected_learning_rate(2, warmup=False) > 1.1 * expected[2]
+
+
+def test_weight_norm_is_the_norm_of_the_weights_checkpointed_at_that_step(tiny_run):
+    model_dir, _ = tiny_run
+    scalars = _events(model_dir, 'train', 'scalars')
+    logged = {step: float(value) for step, value in scalars['weight_norm'].items()}
+    assert sorted(logged) == list(LOGGED_STEPS)
+    norms = {}
+    for step in LOGGED_STEPS:
+        model = _checkpointed_model(model_dir, step)
+        norms[step] = math.sqrt(
+            sum(np.sum(np.square(v.numpy().astype(np.float64))) for v in model.trainable_variables)
+        )
+    assert logged == pytest.approx(norms, rel=1e-6)
+    # The norm moves between the logged steps (by about 1e-4 of itself, in the warmup's
+    # small steps) by more than ten times the tolerance: a norm of the wrong moment fails.
+    assert norms[2] != pytest.approx(norms[4], rel=1e-5)
+
+
+def test_histograms_are_every_trainable_weight_at_each_evaluation(tiny_run):
+    # README: one histogram per trainable weight, tagged with the weight's name, written
+    # at each evaluation (here once, at the end: step 4; step 2 was a log step only).
+    model_dir, _ = tiny_run
+    with open(os.path.join(model_dir, 'eval_results.jsonl')) as stream:
+        evaluated = {json.loads(line)['step'] for line in stream}
+    assert evaluated == {4}
+    histograms = _events(model_dir, 'train', 'histograms')
+    model = _checkpointed_model(model_dir, 4)
+    trainable = {_name(variable): variable for variable in model.trainable_variables}
+    assert len(trainable) == len(model.trainable_variables) > 20
+    assert sorted(histograms) == sorted(trainable)
+    assert not any('moving_' in tag for tag in histograms)
+    for tag, by_step in histograms.items():
+        assert set(by_step) == evaluated, tag
+        # [left edge, right edge, count] rows: every element of the weight counted, and
+        # the edges the extremes of its value at the evaluation (the checkpoint's).
+        buckets, value = by_step[4], trainable[tag].numpy()
+        assert buckets[:, 2].sum() == value.size, tag
+        assert buckets[0, 0] == pytest.approx(value.min(), rel=1e-5, abs=1e-7), tag
+        assert buckets[-1, 1] == pytest.approx(value.max(), rel=1e-5, abs=1e-7), tag
+
+
+def test_the_optimizer_applies_the_schedule_at_the_updates_it_has_done():
+    # What `learning_rate` at step s means: the s-th update (1-based) moves the weights
+    # by schedule(s - 1) times the gradient. Plain SGD on one dense layer, whose
+    # gradient is written out here: softmax(logits) - one_hot(label), times the input 1.
+    schedule = schedules.EpochSchedule(
+        'cosine', initial_lr=0.5, final_lr=0.01, steps_per_epoch=2, total_steps=4, warmup_steps=3
+    )
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, use_bias=False)])
+    optimizer = optimizers.create_optimizer('sgd', schedule, momentum=0.0)
+    optimizer.build(model.trainable_variables)
+    train_step = steps.TrainStep(model, optimizer, global_batch_size=1)
+    image, label = tf.ones([1, 1]), tf.constant([1])
+    kernel = model.trainable_variables[0]
+    for step in range(1, 5):
+        before = kernel.numpy()[0].astype(np.float64)
+        probabilities = np.exp(before - before.max()) / np.exp(before - before.max()).sum()
+        gradient = probabilities - np.eye(3)[1]
+        train_step(image, label)
+        rate = (before - kernel.numpy()[0]) / gradient
+        assert rate == pytest.approx([float(schedule(step - 1))] * 3, rel=1e-4), step
+        assert rate[0] != pytest.approx(float(schedule(step)), rel=1e-2), step
 
 
 def test_train_scalars_follow_from_the_window():
@@ -274,13 +412,20 @@ def test_train_scalars_follow_from_the_window():
         'learning_rate': 0.1,
         'loss_scale': 1.0,
         'skipped_steps': 1.0,
-        'gradient_norm': 2.0,  # sqrt(8 / 2 steps)
+        'gradient_norm': math.sqrt(8.0),  # sqrt(8 / 1 applied step of 2; 1 skipped)
         'weight_norm': 3.0,
         'images_per_second': 50.0,
         'step_time': 1.0,
         'input_wait_fraction': 0.25,
         'epoch': 1.5,
     }
+    # Every step of the interval skipped: no gradient norm rather than a made-up one.
+    assert math.isnan(
+        summaries.train_scalars(
+            {**window, 'skipped': 2.0, 'grad_norm_sq': 0.0},
+            steps=2, seconds=2.0, learning_rate=0.1, epoch=1.5, weight_norm=3.0,
+        )['gradient_norm']
+    )
     del window['input_wait']  # Not measured: no figure rather than a made-up one.
     assert 'input_wait_fraction' not in summaries.train_scalars(
         window, steps=2, seconds=2.0, learning_rate=0.1, epoch=1.5, weight_norm=3.0
