@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -11,6 +12,10 @@ import pytest
 import tensorflow as tf
 
 import densenet
+from main_runs import Started
+from main_runs import assert_identical
+from main_runs import checkpoint_values
+from main_runs import checkpoints
 from trainer import run
 from trainer import schedules
 from trainer import step as steps
@@ -114,43 +119,57 @@ def _results(model_dir):
         return [json.loads(line) for line in stream]
 
 
-def test_resumed_run_equals_uninterrupted_run(digits_dir, tmp_path):
-    straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-    # --train_steps sets the length of the cosine schedule; the steps schedule does not
-    # depend on it, so stopping at 8 and going on to 12 must change nothing.
-    _main(
+def test_run_killed_in_its_second_epoch_resumes_bit_identical(digits_dir, tmp_path):
+    """A SIGKILL in epoch 2 with the defaults users train with: flips, bfloat16, EMA.
+
+    The resumed stream must continue epoch 2's shuffle and augmentation at the step the
+    checkpoint holds; replaying epoch 1's order there (the easy bug) changes every value
+    after the resume. Within the first epoch the two orders coincide, so the kill must
+    come after the epoch boundary (23 steps of 1,497 digits at batch 64).
+    """
+    common = [
         *TINY,
-        '--lr_sched=steps',
+        '--bfloat16=true',
+        '--random_flip=true',
+        '--ema_decay=0.9',
         f'--dataset_dir={digits_dir}',
-        f'--model_dir={straight}',
-        '--train_steps=12',
-    )
-    _main(
-        *TINY,
-        '--lr_sched=steps',
-        f'--dataset_dir={digits_dir}',
-        f'--model_dir={resumed}',
-        '--train_steps=6',
-    )
-    _main(
-        *TINY,
-        '--lr_sched=steps',
-        f'--dataset_dir={digits_dir}',
-        f'--model_dir={resumed}',
-        '--train_steps=12',
-    )
-    a, b = _checkpoint_values(straight), _checkpoint_values(resumed)
-    assert a.keys() == b.keys() and len(a) > 10
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert _results(straight)[-1]['step'] == _results(resumed)[-1]['step'] == 12
-    assert _results(straight)[-1]['top1'] == _results(resumed)[-1]['top1']
+        '--train_steps=32',
+        '--keep_checkpoints=20',
+    ]
+    straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+    _main(*common, f'--model_dir={straight}')
+    run = Started([*common, f'--model_dir={killed}'])
+    run.wait_for(r'step 28/')
+    run.process.kill()
+    assert run.finish() == -signal.SIGKILL
+    # ckpt-28 only if the kill came after its write; either way a checkpoint in epoch 2.
+    resumed_from = max(checkpoints(killed))
+    assert resumed_from in (24, 28), sorted(checkpoints(killed))
+    result = _main(*common, f'--model_dir={killed}')
+    assert f'ckpt-{resumed_from}' in result.stderr and 'Resumed from' in result.stderr
+
+    straight_checkpoints, killed_checkpoints = checkpoints(straight), checkpoints(killed)
+    assert sorted(straight_checkpoints) == sorted(killed_checkpoints)
+    for step in (resumed_from, 32):
+        assert_identical(straight_checkpoints[step], killed_checkpoints[step])
+    # The averaged weights are checkpointed and were resumed too.
+    assert any('weight_average' in name for name in checkpoint_values(killed_checkpoints[32]))
+    assert _results(straight)[-1]['step'] == _results(killed)[-1]['step'] == 32
+    assert _results(straight)[-1]['top1'] == _results(killed)[-1]['top1']
 
 
-def test_epoch_run_writes_everything_and_evaluates_again(digits_dir, tmp_path):
+@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
+def test_epoch_run_writes_everything_and_evaluates_again(precision, digits_dir, tmp_path):
+    # bfloat16 is the default precision: the whole path runs in it too.
+    flags = [*TINY, f'--bfloat16={precision == "bfloat16"}']
     model_dir = str(tmp_path / 'run')
-    result = _main(*TINY, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}', '--epochs=1')
+    result = _main(*flags, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}', '--epochs=1')
     assert 'Validation top-1' in result.stdout
+    assert f'{precision} compute' in result.stderr
+    # Mixed precision keeps float32 weights (and optimizer state) whatever it computes in.
+    values = _checkpoint_values(model_dir)
+    floats = {str(value.dtype) for value in values.values() if value.dtype.kind == 'f'}
+    assert floats == {'float32'}, precision
     # 1,497 training digits at batch 64: 23 steps in the epoch.
     last = _results(model_dir)[-1]
     assert last['epoch'] == 1 and last['step'] == 23 and last['num_examples'] == 300
@@ -158,17 +177,27 @@ def test_epoch_run_writes_everything_and_evaluates_again(digits_dir, tmp_path):
     assert os.path.exists(os.path.join(model_dir, 'saves', 'epoch_001', 'saved_model.pb'))
     assert os.listdir(os.path.join(model_dir, 'logs', 'train'))
     assert os.listdir(os.path.join(model_dir, 'logs', 'eval'))
-    assert '--model=densenet_bc_10_4' in open(os.path.join(model_dir, 'flags.cfg')).read()
+    flag_lines = open(os.path.join(model_dir, 'flags.cfg')).read().splitlines()
+    assert '--model=densenet_bc_10_4' in flag_lines
+    assert ('--bfloat16' if precision == 'bfloat16' else '--nobfloat16') in flag_lines
     # The flag file reproduces the run's configuration: a restart with it resumes and
     # only evaluates.
-    again = _main(f'--flagfile={os.path.join(model_dir, "flags.cfg")}')
+    # Flags after --flagfile override the file's (it says --keep_checkpoints=5); flags
+    # before it are overridden by it.
+    again = _main(
+        '--keep_checkpoints=7',
+        f'--flagfile={os.path.join(model_dir, "flags.cfg")}',
+        '--keep_checkpoints=3',
+    )
     assert 'Training already complete' in again.stderr
+    rewritten = open(os.path.join(model_dir, 'flags.cfg')).read().splitlines()
+    assert '--keep_checkpoints=5' in flag_lines and '--keep_checkpoints=3' in rewritten
     # Evaluating the export and the checkpoint gives the trainer's own figures.
     for path in (
         os.path.join(model_dir, 'saves', 'epoch_001'),
         os.path.join(model_dir, 'checkpoints'),
     ):
-        _main(*TINY, f'--dataset_dir={digits_dir}', f'--only_eval={path}')
+        _main(*flags, f'--dataset_dir={digits_dir}', f'--only_eval={path}')
         evaluated = _results(model_dir)[-1]
         assert evaluated['num_examples'] == 300
         assert evaluated['top1'] == pytest.approx(last['top1'], abs=1e-6)
