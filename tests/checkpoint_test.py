@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import densenet
+from main_runs import run_main
 from trainer import checkpoint as checkpoints
 from trainer import h5_weights
 from trainer import loop
@@ -291,6 +292,72 @@ def test_keras_weights_h5_file_loads(tmp_path):
         np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.skipif(
+    keras.__version__.startswith('3'),
+    reason='Keras 2 must write the file: runs in the TensorFlow 2.15 stages of .ci/run',
+)
+def test_keras2_densenet121_save_weights_file_initialises_a_run(tmp_path):
+    """A file Keras 2 itself wrote, `DenseNet121.save_weights('x.h5')`, through main.py.
+
+    Keras 2's Applications name layers `conv1/conv` and order them its own way; the run
+    starts from the file with `--init_checkpoint`, takes one step that changes nothing
+    (learning rate 0, moving statistics frozen by a batch-norm momentum of 1), and the
+    model restored from its checkpoint must give Keras' logits on a real photograph.
+    """
+    import skimage.data  # pylint: disable=g-import-not-at-top
+
+    keras.utils.set_random_seed(0)
+    reference = keras.applications.DenseNet121(
+        weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None
+    )
+    rng = np.random.default_rng(0)
+    for layer in reference.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, c).astype(np.float32),
+                    rng.normal(0.0, 0.1, c).astype(np.float32),
+                    rng.normal(0.0, 0.2, c).astype(np.float32),
+                    rng.uniform(0.5, 2.0, c).astype(np.float32),
+                ]
+            )
+    path = str(tmp_path / 'densenet121_keras2.h5')
+    reference.save_weights(path)
+    with h5py.File(path) as handle:  # The legacy layout, with Keras 2's own names.
+        assert 'conv1/conv' in [h5_weights._text(name) for name in handle.attrs['layer_names']]
+
+    model_dir = str(tmp_path / 'run')
+    result = run_main(
+        [
+            f'--init_checkpoint={path}',
+            '--model=densenet121',
+            '--image_size=64',
+            '--num_classes=10',
+            '--synthetic_data',
+            '--bfloat16=false',
+            '--batch_size=2',
+            '--train_steps=1',
+            '--initial_lr=0',
+            '--weight_decay=0',
+            '--batch_norm_momentum=1.0',
+            f'--model_dir={model_dir}',
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'Initialised the weights from {path}' in result.stderr
+
+    model = densenet.create_model('densenet121', num_classes=10, image_size=64)
+    checkpoints.restore_weights(model, os.path.join(model_dir, 'checkpoints'))
+    photo = tf.image.resize(skimage.data.astronaut()[None].astype(np.float32) / 255.0, (64, 64))
+    photo = (photo - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    want = reference(photo, training=False).numpy()
+    got = model(photo, training=False).numpy()
+    difference = float(np.max(np.abs(got - want)))
+    print(f'max abs logit difference: {difference:.2g}')
+    assert np.max(np.abs(want)) > 0.1 and difference < 1e-5, difference
+
+
 def test_h5_file_of_another_model_names_the_file_and_layer(tmp_path):
     path = str(tmp_path / 'other.h5')
     _write_keras2_h5(path, _model(num_classes=1000))
@@ -320,14 +387,18 @@ def test_init_from_checkpoint_reads_weights_only(saved):
         checkpoints.load_initial_weights(model, os.path.join(folder, 'nothing'))
 
 
-def test_sigterm_checkpoints_at_the_boundary_and_restores_the_handlers(tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
+def test_signal_checkpoints_at_the_boundary_and_restores_the_handlers(tmp_path, signum):
+    # A scheduler's SIGTERM and a person's Ctrl-C (SIGINT) are handled alike.
     state = _state(tmp_path)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signum)
     with preemption.PreemptionWatcher() as watcher:
+        # Checked before sending: an unwatched SIGINT would end pytest itself.
+        assert signal.getsignal(signum) is not previous, f'{signum.name} is not watched'
         watcher.attach(tf.distribute.get_strategy(), state)
         assert not watcher.checkpoint_and_stop(2)
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert watcher.requested and watcher.signal_name == 'SIGTERM'
+        os.kill(os.getpid(), signum)
+        assert watcher.requested and watcher.signal_name == signum.name
         assert watcher.checkpoint_and_stop(3)
     assert state.latest.endswith('ckpt-3')
-    assert signal.getsignal(signal.SIGTERM) is previous
+    assert signal.getsignal(signum) is previous

@@ -86,3 +86,20 @@ def test_disabled_progress_bar_writes_nothing():
     with progress.ProgressBar('Evaluating', 3, stream=stream, enabled=False) as bar:
         bar.advance(3)
     assert stream.getvalue() == ''
+
+
+def test_progress_bar_to_a_log_writes_every_30_seconds_and_at_the_end(monkeypatch):
+    # README: when the output is not a terminal, a plain line every 30 seconds and one
+    # at the end. The clock is ours; the interval is the bar's default.
+    now = [1000.0]
+    monkeypatch.setattr(progress.time, 'monotonic', lambda: now[0])
+    stream = io.StringIO()
+    with progress.ProgressBar('Evaluating', 100, stream=stream) as bar:
+        for seconds, done in [(10, 10), (29.9, 20), (30, 30), (59, 40), (60.5, 50), (75, 60)]:
+            now[0] = 1000.0 + seconds
+            bar.update(done)
+        now[0] = 1000.0 + 80
+        bar.update(100)
+    lines = stream.getvalue().splitlines()
+    assert [re.search(r'\d+/100', line).group(0) for line in lines] == ['30/100', '50/100', '100/100']
+    assert lines[-1].endswith('in 0:01:20)')

@@ -62,6 +62,11 @@ def _cases(tmp, digits_dir):
         os.path.join(other, 'flags.cfg'),
         b'--model=densenet121\n--image_size=224\n--num_classes=10\n',
     )
+    # What else a run folder holds: the refusal must leave all of it as it was.
+    _write(os.path.join(other, 'checkpoints', 'ckpt-5.index'), b'\x00index')
+    _write(os.path.join(other, 'checkpoints', 'ckpt-5.data-00000-of-00001'), b'\x01' * 64)
+    _write(os.path.join(other, 'eval_results.jsonl'), b'{"epoch": 1, "step": 5, "top1": 0.5}\n')
+    _write(os.path.join(other, 'logs', 'train', 'events.out.tfevents.1.host'), b'\x02' * 32)
     # A run folder of the same model, trained without --memory_efficient (flags.cfg
     # as absl writes a false boolean).
     plain = os.path.join(tmp, 'plain_run')
@@ -222,8 +227,25 @@ def _run(args, env_extra):
     )
 
 
+def _snapshot(folder):
+    """Every file's bytes and every folder under `folder`, by relative path."""
+    found = {}
+    for parent, folders, files in os.walk(folder):
+        for name in folders:
+            found[os.path.relpath(os.path.join(parent, name), folder)] = 'folder'
+        for name in files:
+            with open(os.path.join(parent, name), 'rb') as stream:
+                found[os.path.relpath(os.path.join(parent, name), folder)] = stream.read()
+    return found
+
+
+# The run folders that main.py must refuse, by case.
+_FOREIGN_RUNS = {'model_dir_of_another_model': 'other_run', 'model_dir_of_another_layout': 'plain_run'}
+
+
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
+    """Case name -> (result, fragments, arguments, files of its run folder changed)."""
     from input_pipeline import digits
 
     tmp = str(tmp_path_factory.mktemp('errors'))
@@ -231,16 +253,26 @@ def results(tmp_path_factory):
     digits.ensure_digits_dataset(digits_dir)
     cases = _cases(tmp, digits_dir)
     assert [case[0] for case in cases] == CASE_NAMES
+    before = {name: _snapshot(os.path.join(tmp, run)) for name, run in _FOREIGN_RUNS.items()}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(_run, args, env) for name, args, env, _ in cases}
-        return {
-            name: (futures[name].result(), fragments, args) for name, args, _, fragments in cases
-        }
+        outcomes = {name: futures[name].result() for name in futures}
+    changed = {}
+    for name, run in _FOREIGN_RUNS.items():
+        after = _snapshot(os.path.join(tmp, run))
+        changed[name] = sorted(
+            path for path in set(before[name]) | set(after)
+            if before[name].get(path) != after.get(path)
+        )
+    return {
+        name: (outcomes[name], fragments, args, changed.get(name))
+        for name, args, _, fragments in cases
+    }
 
 
 @pytest.mark.parametrize('name', CASE_NAMES)
 def test_user_error_is_one_readable_line(results, name):
-    result, fragments, args = results[name]
+    result, fragments, args, _ = results[name]
     report = f'main.py {" ".join(args)}\nstderr:\n{result.stderr[-3000:]}'
     assert result.returncode == 1, report
     assert 'Traceback' not in result.stderr, report
@@ -248,6 +280,14 @@ def test_user_error_is_one_readable_line(results, name):
     assert last.startswith('main.py: error: '), report
     for fragment in fragments:
         assert fragment in last, f'{fragment!r} not in {last!r}\n{report}'
+
+
+@pytest.mark.parametrize('name', sorted(_FOREIGN_RUNS))
+def test_a_refused_model_dir_is_left_byte_identical(results, name):
+    # Refused before anything in it changes: flags.cfg, checkpoints, results and logs.
+    result, _, _, changed = results[name]
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert changed == [], f'main.py changed {changed} in the run folder it refused'
 
 
 # Runs main.py with a bug planted in the train step: a ValueError raised while the step

@@ -20,6 +20,7 @@ import tensorflow as tf
 import keras
 from main_runs import MAIN
 from main_runs import ROOT
+from main_runs import checkpoint_values
 from main_runs import checkpoints
 from main_runs import run_main
 from trainer import loop
@@ -89,7 +90,8 @@ ROWS = {
         '--pca_lighting=0.1',
         '--randaugment_layers=2',
         '--randaugment_magnitude=5',
-        '--keep_checkpoints=1',
+        '--checkpoint_every_steps=1',
+        '--keep_checkpoints=2',
         '--dropout_rate=0.1',
         '--batch_norm_momentum=0.9',
         '--crop_area_range=0.5,1.0',
@@ -148,9 +150,20 @@ def test_flags_run_end_to_end(name, rows):
     if name == 'mirrored_two_cpus_ema':
         assert 'Strategy: MirroredStrategy, 2 replicas' in result.stderr, result.stderr[-3000:]
     if name == 'bad_records_colour_lighting':
-        # --keep_checkpoints=1 keeps one checkpoint, on disk too.
-        assert sorted(checkpoints(model_dir)) == [4]
-        assert len(tf.io.gfile.glob(os.path.join(model_dir, 'checkpoints', 'ckpt-*.index'))) == 1
+        # Four checkpoints written, --keep_checkpoints=2 keeps the newest two, on disk too.
+        assert sorted(checkpoints(model_dir)) == [3, 4]
+        on_disk = tf.io.gfile.glob(os.path.join(model_dir, 'checkpoints', 'ckpt-*'))
+        assert sorted({os.path.basename(path).split('.')[0] for path in on_disk}) == [
+            'ckpt-3',
+            'ckpt-4',
+        ]
+    if name == 'float16_memory_efficient_accumulation':
+        # Dynamic loss scaling from 2^15: at most one of the 4 steps skipped for an
+        # overflow, and the scale halved at most that once.
+        values = checkpoint_values(checkpoints(model_dir)[4])
+        skipped = int(values['loss_scaler/skipped_steps/.ATTRIBUTES/VARIABLE_VALUE'])
+        scale = float(values['loss_scaler/scale/.ATTRIBUTES/VARIABLE_VALUE'])
+        assert skipped <= 1 and scale == 2.0 ** (15 - skipped), (skipped, scale)
 
 
 def test_fine_tuning_and_evaluation_only(rows, digits_dir, tmp_path):

@@ -2,9 +2,9 @@
 
 One uninterrupted run is the reference. A second run of the same flags is killed with
 SIGKILL after it logs a step, killed again while a checkpoint is being written, stopped
-with SIGTERM, has its newest checkpoint truncated, and is started again each time. Every
-checkpoint the two runs have in common, and the final one, must hold bit-identical
-values: resuming changed nothing.
+with SIGTERM, then with SIGINT (Ctrl-C), has its newest checkpoint truncated, and is
+started again each time. Every checkpoint the two runs have in common, and the final
+one, must hold bit-identical values: resuming changed nothing.
 """
 
 import os
@@ -92,7 +92,17 @@ def test_killed_preempted_and_damaged_run_ends_bit_identical(
     print(f'SIGTERM to exit: {exit_seconds:.2f} s, checkpoint at step {stopped_at}')
     assert exit_seconds < 30
 
-    # 4. The newest checkpoint's data file is truncated (a torn copy, a full disk): the
+    # 4. Ctrl-C (SIGINT) after step 18 is logged: the same checkpoint and clean exit.
+    run = _Started(args)
+    run.wait_for(rf'Resumed from \S*ckpt-{stopped_at}\b')
+    run.wait_for(r'step 18/')
+    run.process.send_signal(signal.SIGINT)
+    assert run.finish() == 0, run.tail()
+    stopped_at = max(_checkpoints(model_dir))
+    assert stopped_at in (18, 20), run.tail()
+    assert any('SIGINT: checkpoint' in line for line in run.lines), run.tail()
+
+    # 5. The newest checkpoint's data file is truncated (a torn copy, a full disk): the
     #    restart warns, naming it, sets it aside and resumes from the one before.
     newest = _checkpoints(model_dir)[stopped_at]
     with open(newest + '.data-00000-of-00001', 'r+b') as stream:
