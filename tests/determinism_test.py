@@ -29,6 +29,7 @@ from main_runs import Started
 from main_runs import checkpoints
 from main_runs import differing_values
 from main_runs import run_main
+from main_runs import start_main
 from main_runs import write_pausing_launcher
 from trainer import optimizers
 from trainer import precision
@@ -134,8 +135,8 @@ def test_killed_in_checkpoint_write_and_resumed_equals_uninterrupted(
         '--keep_checkpoints=10',
     ]
     straight_dir, killed_dir = str(tmp_path / 'straight'), str(tmp_path / 'killed')
-    result = run_main([*common, f'--model_dir={straight_dir}'])
-    assert result.returncode == 0, result.stderr[-3000:]
+    # The uninterrupted run goes on beside the killed one (bit-identical all the same).
+    straight_run = start_main([*common, f'--model_dir={straight_dir}'])
 
     # Killed in the middle of writing ckpt-4: its files exist, the state file does not
     # name them; the restart resumes from ckpt-2 and writes ckpt-4 anew.
@@ -150,6 +151,8 @@ def test_killed_in_checkpoint_write_and_resumed_equals_uninterrupted(
     result = run_main([*common, f'--model_dir={killed_dir}'])
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Resumed from' in result.stderr
+    result = straight_run.result()
+    assert result.returncode == 0, result.stderr[-3000:]
 
     straight, killed = checkpoints(straight_dir), checkpoints(killed_dir)
     assert sorted(straight) == sorted(killed) == [2, 4, 6]

@@ -20,6 +20,7 @@ from main_runs import assert_identical as _assert_identical
 from main_runs import checkpoint_values as _checkpoint_values
 from main_runs import checkpoints as _checkpoints
 from main_runs import run_main as _run
+from main_runs import start_main
 from main_runs import write_pausing_launcher
 
 STEPS = 23  # One epoch: 1,497 training digits at batch 64.
@@ -46,10 +47,17 @@ FLAGS = [
 
 @pytest.fixture(scope='module')
 def straight_run(digits_dir, tmp_path_factory):
+    """`finished() -> model_dir` of the uninterrupted run, which starts at once and goes
+    on beside the test's own runs until a test needs it."""
     model_dir = str(tmp_path_factory.mktemp('straight'))
-    result = _run([*FLAGS, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}'])
-    assert result.returncode == 0, result.stderr[-3000:]
-    return model_dir
+    future = start_main([*FLAGS, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}'])
+
+    def finished():
+        result = future.result()
+        assert result.returncode == 0, result.stderr[-3000:]
+        return model_dir
+
+    return finished
 
 
 def test_killed_preempted_and_damaged_run_ends_bit_identical(
@@ -115,7 +123,7 @@ def test_killed_preempted_and_damaged_run_ends_bit_identical(
     )
 
     # Every checkpoint both runs wrote, the final one included, is bit-identical.
-    straight, killed = _checkpoints(straight_run), _checkpoints(model_dir)
+    straight, killed = _checkpoints(straight_run()), _checkpoints(model_dir)
     common = sorted(set(straight) & set(killed))
     assert common[-1] == STEPS and {4, 8, 12, 16, 20} <= set(common), common
     for step in common:
@@ -133,7 +141,7 @@ def test_nonfinite_loss_stops_naming_step_and_value(digits_dir, straight_run, tm
             *FLAGS,
             f'--dataset_dir={digits_dir}',
             f'--model_dir={model_dir}',
-            f'--init_checkpoint={os.path.join(straight_run, "checkpoints")}',
+            f'--init_checkpoint={os.path.join(straight_run(), "checkpoints")}',
             '--initial_lr=1e30',
             '--steps_per_loop=1',
             '--log_every_steps=1',

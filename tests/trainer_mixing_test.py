@@ -16,7 +16,7 @@ import tensorflow as tf
 import densenet
 from input_pipeline import dataset as datasets
 from main_runs import checkpoints
-from main_runs import run_main
+from main_runs import run_mains
 from trainer import checkpoint as checkpoint_lib
 from trainer import step as steps
 
@@ -45,34 +45,44 @@ def _validation_loss(digits_dir, prefix):
     return total / count
 
 
-@pytest.mark.parametrize(
-    'mixing',
-    [
-        ['--mixup_alpha=0.2'],
-        ['--cutmix_alpha=1.0'],
-        ['--mixup_alpha=0.2', '--cutmix_alpha=1.0', '--label_smoothing=0.1'],
-    ],
-    ids=['mixup', 'cutmix', 'both_and_label_smoothing'],
-)
-def test_mixing_trains_through_main(mixing, digits_dir, tmp_path):
-    model_dir = str(tmp_path / 'run')
-    result = run_main(
+MIXINGS = {
+    'mixup': ['--mixup_alpha=0.2'],
+    'cutmix': ['--cutmix_alpha=1.0'],
+    'both_and_label_smoothing': ['--mixup_alpha=0.2', '--cutmix_alpha=1.0', '--label_smoothing=0.1'],
+}
+
+
+@pytest.fixture(scope='module')
+def mixing_runs(digits_dir, tmp_path_factory):
+    """Name -> (main.py result, model_dir) of each mixing's run, two at a time."""
+    tmp = tmp_path_factory.mktemp('mixing')
+    model_dirs = {name: str(tmp / name) for name in MIXINGS}
+    results = run_mains(
         [
-            *_DEMO,
-            *mixing,
-            f'--dataset_dir={digits_dir}',
-            f'--model_dir={model_dir}',
-            f'--train_steps={_STEPS}',
-            '--checkpoint_every_steps=1',
-            f'--keep_checkpoints={_STEPS}',
-            '--log_every_steps=10',
+            [
+                *_DEMO,
+                *mixing,
+                f'--dataset_dir={digits_dir}',
+                f'--model_dir={model_dirs[name]}',
+                f'--train_steps={_STEPS}',
+                '--checkpoint_every_steps=1',
+                f'--keep_checkpoints={_STEPS}',
+                '--log_every_steps=10',
+            ]
+            for name, mixing in MIXINGS.items()
         ]
     )
+    return {name: (result, model_dirs[name]) for name, result in zip(MIXINGS, results)}
+
+
+@pytest.mark.parametrize('name', sorted(MIXINGS))
+def test_mixing_trains_through_main(name, mixing_runs, digits_dir):
+    result, model_dir = mixing_runs[name]
     assert result.returncode == 0, result.stderr[-3000:]
     saved = checkpoints(model_dir)
     assert sorted(saved)[0] == 1 and max(saved) == _STEPS
     first, last = (_validation_loss(digits_dir, saved[s]) for s in (1, _STEPS))
-    print(f'{" ".join(mixing)}: validation loss {first:.4f} after step 1, {last:.4f} after {_STEPS}')
+    print(f'{name}: validation loss {first:.4f} after step 1, {last:.4f} after {_STEPS}')
     assert np.isfinite(last) and last < first - 0.2, (first, last)
 
 

@@ -1,5 +1,6 @@
 """Tests of trainer/: the L2 term, the schedules, and whole runs through main.py."""
 
+import concurrent.futures
 import json
 import math
 import os
@@ -16,6 +17,7 @@ from main_runs import Started
 from main_runs import assert_identical
 from main_runs import checkpoint_values
 from main_runs import checkpoints
+from main_runs import start_main
 from trainer import run
 from trainer import schedules
 from trainer import step as steps
@@ -137,7 +139,7 @@ def test_run_killed_in_its_second_epoch_resumes_bit_identical(digits_dir, tmp_pa
         '--keep_checkpoints=20',
     ]
     straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
-    _main(*common, f'--model_dir={straight}')
+    straight_run = start_main([*common, f'--model_dir={straight}'])  # Beside the killed run.
     run = Started([*common, f'--model_dir={killed}'])
     run.wait_for(r'step 28/')
     run.process.kill()
@@ -147,6 +149,7 @@ def test_run_killed_in_its_second_epoch_resumes_bit_identical(digits_dir, tmp_pa
     assert resumed_from in (24, 28), sorted(checkpoints(killed))
     result = _main(*common, f'--model_dir={killed}')
     assert f'ckpt-{resumed_from}' in result.stderr and 'Resumed from' in result.stderr
+    assert straight_run.result().returncode == 0, straight_run.result().stderr[-3000:]
 
     straight_checkpoints, killed_checkpoints = checkpoints(straight), checkpoints(killed)
     assert sorted(straight_checkpoints) == sorted(killed_checkpoints)
@@ -158,11 +161,13 @@ def test_run_killed_in_its_second_epoch_resumes_bit_identical(digits_dir, tmp_pa
     assert _results(straight)[-1]['top1'] == _results(killed)[-1]['top1']
 
 
-@pytest.mark.parametrize('precision', ['float32', 'bfloat16'])
-def test_epoch_run_writes_everything_and_evaluates_again(precision, digits_dir, tmp_path):
-    # bfloat16 is the default precision: the whole path runs in it too.
+def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
+    """An epoch's run, a restart from its flags.cfg, evaluations of its export and checkpoint.
+
+    Each step is checked as it ends; run in a thread, a failed check reaches the test
+    through the future.
+    """
     flags = [*TINY, f'--bfloat16={precision == "bfloat16"}']
-    model_dir = str(tmp_path / 'run')
     result = _main(*flags, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}', '--epochs=1')
     assert 'Validation top-1' in result.stdout
     assert f'{precision} compute' in result.stderr
@@ -204,18 +209,28 @@ def test_epoch_run_writes_everything_and_evaluates_again(precision, digits_dir, 
         assert evaluated['loss'] == pytest.approx(last['loss'], rel=1e-4)
 
 
-def test_label_out_of_range_names_the_file(digits_dir, tmp_path):
-    result = _main(
-        *TINY,
-        f'--dataset_dir={digits_dir}',
-        f'--model_dir={tmp_path}',
-        '--num_classes=5',
-        '--train_steps=2',
-        check=False,
-    )
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert 'label out of range' in last.lower() and 'train-0000' in last, last
+PRECISIONS = ('float32', 'bfloat16')
+
+
+@pytest.fixture(scope='module')
+def epoch_runs(digits_dir, tmp_path_factory):
+    """Precision -> future of `_epoch_run_and_evaluations`, the two side by side."""
+    tmp = tmp_path_factory.mktemp('epoch_runs')
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(PRECISIONS))
+    futures = {
+        precision: pool.submit(
+            _epoch_run_and_evaluations, precision, digits_dir, str(tmp / precision)
+        )
+        for precision in PRECISIONS
+    }
+    yield futures
+    pool.shutdown()
+
+
+@pytest.mark.parametrize('precision', PRECISIONS)
+def test_epoch_run_writes_everything_and_evaluates_again(precision, epoch_runs):
+    # bfloat16 is the default precision: the whole path runs in it too.
+    epoch_runs[precision].result()
 
 
 def test_conflicting_flags_are_one_line_errors(tmp_path):
