@@ -101,5 +101,9 @@ def test_progress_bar_to_a_log_writes_every_30_seconds_and_at_the_end(monkeypatc
         now[0] = 1000.0 + 80
         bar.update(100)
     lines = stream.getvalue().splitlines()
-    assert [re.search(r'\d+/100', line).group(0) for line in lines] == ['30/100', '50/100', '100/100']
+    assert [re.search(r'\d+/100', line).group(0) for line in lines] == [
+        '30/100',
+        '50/100',
+        '100/100',
+    ]
     assert lines[-1].endswith('in 0:01:20)')

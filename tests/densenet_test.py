@@ -469,7 +469,9 @@ def test_memory_efficient_densenet121_decays_and_trains_as_plain():
     for model in (plain, efficient):
         decayed = sorted(_weight_key(v) for v in steps.decayed_variables(model))
         missing = sorted(set(kernels) - set(decayed))
-        assert decayed == kernels, f'{model.name}: {len(missing)} kernels not decayed: {missing[:3]}'
+        assert decayed == kernels, (
+            f'{model.name}: {len(missing)} kernels not decayed: {missing[:3]}'
+        )
 
     images = tf.constant(np.random.default_rng(2).normal(size=(2, 64, 64, 3)).astype(np.float32))
     labels = tf.constant([1, 7])

@@ -38,8 +38,13 @@ from trainer import step as steps
 
 def _train_step(model):
     optimizer = optimizers.create_optimizer(
-        'sgd', 0.01, momentum=0.9, nesterov=False, weight_decay=1e-4,
-        variables=model.trainable_variables, decayed=steps.decayed_variables(model),
+        'sgd',
+        0.01,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=1e-4,
+        variables=model.trainable_variables,
+        decayed=steps.decayed_variables(model),
     )
     return steps.TrainStep(
         model,
@@ -99,7 +104,9 @@ def test_demo_model_gradients_repeat_bit_for_bit():
             for v, a, b in zip(model.trainable_variables, first, again)
             if not np.array_equal(a.numpy(), b.numpy())
         ]
-        assert not differing, f'repeat {repeat + 1}: {len(differing)} gradients differ: {differing[:4]}'
+        assert not differing, (
+            f'repeat {repeat + 1}: {len(differing)} gradients differ: {differing[:4]}'
+        )
         for key in ('l2', 'grad_norm_sq', 'cross_entropy'):
             assert metrics[key].numpy() == first_metrics[key].numpy(), key
 
@@ -122,9 +129,7 @@ _DEMO = ['--flagfile=demo.cfg', '--prepare_digits_demo=false']
 
 
 @pytest.mark.parametrize('flags', [_DENSENET121, _DEMO], ids=['densenet121', 'demo'])
-def test_killed_in_checkpoint_write_and_resumed_equals_uninterrupted(
-    flags, digits_dir, tmp_path
-):
+def test_killed_in_checkpoint_write_and_resumed_equals_uninterrupted(flags, digits_dir, tmp_path):
     common = [
         *flags,
         f'--dataset_dir={digits_dir}',
@@ -159,4 +164,6 @@ def test_killed_in_checkpoint_write_and_resumed_equals_uninterrupted(
     for step in (2, 4, 6):
         differing, total = differing_values(straight[step], killed[step])
         print(f'step {step}: {len(differing)} of {total} checkpoint values differ')
-        assert total > 100 and not differing, f'step {step}: {len(differing)} of {total} differ: {differing[:5]}'
+        assert total > 100 and not differing, (
+            f'step {step}: {len(differing)} of {total} differ: {differing[:5]}'
+        )

@@ -240,7 +240,10 @@ def _snapshot(folder):
 
 
 # The run folders that main.py must refuse, by case.
-_FOREIGN_RUNS = {'model_dir_of_another_model': 'other_run', 'model_dir_of_another_layout': 'plain_run'}
+_FOREIGN_RUNS = {
+    'model_dir_of_another_model': 'other_run',
+    'model_dir_of_another_layout': 'plain_run',
+}
 
 
 @pytest.fixture(scope='module')
@@ -261,7 +264,8 @@ def results(tmp_path_factory):
     for name, run in _FOREIGN_RUNS.items():
         after = _snapshot(os.path.join(tmp, run))
         changed[name] = sorted(
-            path for path in set(before[name]) | set(after)
+            path
+            for path in set(before[name]) | set(after)
             if before[name].get(path) != after.get(path)
         )
     return {

@@ -183,7 +183,9 @@ def test_fine_tuning_and_evaluation_only(rows, digits_dir, tmp_path):
     )
     _check_run(result, tuned, 'init_checkpoint')
     assert 'Initialised the weights from' in result.stderr
-    result = run_main([*TINY[:4], f'--dataset_dir={digits_dir}', f'--only_eval={tuned}/checkpoints'])
+    result = run_main(
+        [*TINY[:4], f'--dataset_dir={digits_dir}', f'--only_eval={tuned}/checkpoints']
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r'Validation top-1 \S+, top-5 \S+, loss \S+ over 300 examples', result.stdout)
 
@@ -215,11 +217,16 @@ def test_each_optimizer_with_each_schedule_and_warmup(optimizer):
         )
         schedule = schedules.from_config(config, steps_per_epoch=2, total_steps=4, global_batch=4)
         optimizer_object = optimizers.create_optimizer(
-            optimizer, schedule, weight_decay=1e-4, variables=model.trainable_variables,
+            optimizer,
+            schedule,
+            weight_decay=1e-4,
+            variables=model.trainable_variables,
             decayed=steps.decayed_variables(model),
         )
         train_step = steps.TrainStep(
-            model, optimizer_object, global_batch_size=4,
+            model,
+            optimizer_object,
+            global_batch_size=4,
             weight_decay=optimizers.loss_weight_decay(optimizer, 1e-4),
         )
         train_loop = loop.make_train_loop(strategy, train_step)

@@ -142,4 +142,6 @@ def assert_identical(prefix_a, prefix_b):
     """Every value of two checkpoints is bit-identical."""
     differing, total = differing_values(prefix_a, prefix_b)
     assert total > 50
-    assert not differing, f'{len(differing)} of {total} values differ in {prefix_b}: {differing[:5]}'
+    assert not differing, (
+        f'{len(differing)} of {total} values differ in {prefix_b}: {differing[:5]}'
+    )

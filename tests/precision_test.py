@@ -176,7 +176,9 @@ def _underflow_case(compute_dtype, scaler):
     exists for this case.
     """
     keras.utils.set_random_seed(3)
-    policy = keras.mixed_precision.Policy('mixed_float16' if compute_dtype == 'float16' else 'float32')
+    policy = keras.mixed_precision.Policy(
+        'mixed_float16' if compute_dtype == 'float16' else 'float32'
+    )
     model = keras.Sequential(
         [
             keras.Input((4,)),

@@ -45,6 +45,7 @@ FLAGS = [
     '--epochs=1',
 ]
 
+
 @pytest.fixture(scope='module')
 def straight_run(digits_dir, tmp_path_factory):
     """`finished() -> model_dir` of the uninterrupted run, which starts at once and goes

@@ -48,7 +48,11 @@ def _validation_loss(digits_dir, prefix):
 MIXINGS = {
     'mixup': ['--mixup_alpha=0.2'],
     'cutmix': ['--cutmix_alpha=1.0'],
-    'both_and_label_smoothing': ['--mixup_alpha=0.2', '--cutmix_alpha=1.0', '--label_smoothing=0.1'],
+    'both_and_label_smoothing': [
+        '--mixup_alpha=0.2',
+        '--cutmix_alpha=1.0',
+        '--label_smoothing=0.1',
+    ],
 }
 
 
@@ -93,12 +97,15 @@ def test_step_takes_class_ids_and_target_distributions_alike():
     targets = tf.one_hot(ids, 3)
     for eps in (0.0, 0.1):
         np.testing.assert_allclose(
-            steps.cross_entropy_loss(ids, logits, eps), steps.cross_entropy_loss(targets, logits, eps),
+            steps.cross_entropy_loss(ids, logits, eps),
+            steps.cross_entropy_loss(targets, logits, eps),
             rtol=1e-6,
         )
     # Smoothing after mixing equals timm's smoothing before it (both are affine).
     mixed = 0.7 * tf.one_hot([0, 2], 3) + 0.3 * tf.one_hot([1, 0], 3)
-    timm = 0.7 * (tf.one_hot([0, 2], 3) * 0.9 + 0.1 / 3) + 0.3 * (tf.one_hot([1, 0], 3) * 0.9 + 0.1 / 3)
+    timm = 0.7 * (tf.one_hot([0, 2], 3) * 0.9 + 0.1 / 3) + 0.3 * (
+        tf.one_hot([1, 0], 3) * 0.9 + 0.1 / 3
+    )
     expected = -tf.reduce_sum(timm * tf.nn.log_softmax(logits), axis=-1)
     np.testing.assert_allclose(steps.cross_entropy_loss(mixed, logits, 0.1), expected, rtol=1e-6)
     # Top-k counts hits of the dominant source class.
