@@ -3,7 +3,8 @@
 Each row is one `python main.py ...` of a few steps on the tiny DenseNet-BC and small
 digit images; several flags share a row to keep the suite's time down, and the rows
 pair the flags users combine. A row passes when main.py exits 0 with a finite logged
-loss and a checkpoint. Mixup and CutMix have their own runs (trainer_mixing_test.py).
+loss and a checkpoint; two rows check more (the checkpoints --keep_checkpoints keeps,
+the steps float16's loss scaling skips). Mixup and CutMix have their own runs (trainer_mixing_test.py).
 The optimizer x schedule grid, with warmup, runs in this process on a tiny model
 through the trainer's own schedule, optimizer and loop (20 main.py starts would cost
 minutes).
