@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import densenet
 from main_runs import run_main
+from random_weights import randomise_batch_norm
 from trainer import checkpoint as checkpoints
 from trainer import h5_weights
 from trainer import loop
@@ -310,18 +311,7 @@ def test_keras2_densenet121_save_weights_file_initialises_a_run(tmp_path):
     reference = keras.applications.DenseNet121(
         weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None
     )
-    rng = np.random.default_rng(0)
-    for layer in reference.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, c).astype(np.float32),
-                    rng.normal(0.0, 0.1, c).astype(np.float32),
-                    rng.normal(0.0, 0.2, c).astype(np.float32),
-                    rng.uniform(0.5, 2.0, c).astype(np.float32),
-                ]
-            )
+    randomise_batch_norm(reference, np.random.default_rng(0))
     path = str(tmp_path / 'densenet121_keras2.h5')
     reference.save_weights(path)
     with h5py.File(path) as handle:  # The legacy layout, with Keras 2's own names.

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import densenet
 from densenet import create_model
+from random_weights import randomise_batch_norm
 from trainer import step as steps
 
 # Torch-style ImageNet normalisation, as the input pipeline applies it.
@@ -325,27 +326,13 @@ def _weight_key(weight) -> str:
     return '/'.join(name.split('/')[-2:])
 
 
-def _randomise_batch_norm(model, rng):
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 1.5, c).astype(np.float32),
-                    rng.normal(0.0, 0.1, c).astype(np.float32),
-                    rng.normal(0.0, 0.2, c).astype(np.float32),
-                    rng.uniform(0.5, 2.0, c).astype(np.float32),
-                ]
-            )
-
-
 @pytest.fixture()
 def plain_and_efficient():
     """densenet_bc_16_4 (two dense layers a block), plain and memory-efficient, same weights."""
     kwargs = dict(num_classes=10, image_size=16)
     plain = create_model('densenet_bc_16_4', **kwargs)
     efficient = create_model('densenet_bc_16_4', memory_efficient=True, **kwargs)
-    _randomise_batch_norm(plain, np.random.default_rng(0))
+    randomise_batch_norm(plain, np.random.default_rng(0))
     efficient.set_weights(plain.get_weights())
     images = np.random.default_rng(1).normal(size=(4, 16, 16, 3)).astype(np.float32)
     return plain, efficient, images
