@@ -26,7 +26,9 @@ import densenet
 from input_pipeline import dataset as datasets
 from input_pipeline import formats
 from main_runs import checkpoints
+from main_runs import events
 from main_runs import run_main
+from main_runs import variable_name
 
 MODEL, IMAGE_SIZE, NUM_CLASSES, BN_MOMENTUM = 'densenet_bc_10_4', 32, 10, 0.5
 STEP = 5  # 1,497 training digits // batch 256: one epoch is 5 steps.
@@ -142,17 +144,6 @@ def _evaluate(model, validation):
     }
 
 
-def _events(model_dir, run):
-    """{tag: {step: value}} of the event files of `run` (`train` or `eval`)."""
-    values = {}
-    for path in tf.io.gfile.glob(os.path.join(model_dir, 'logs', run, 'events.out.tfevents.*')):
-        for record in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                values.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
-    return values
-
-
 def test_evaluation_is_the_averaged_models(averaged_run, models, validation):
     logged = averaged_run['eval']
     results = {name: _evaluate(model, validation) for name, model in models.items()}
@@ -161,7 +152,7 @@ def test_evaluation_is_the_averaged_models(averaged_run, models, validation):
     assert logged['loss'] == pytest.approx(results['averaged']['loss'], rel=1e-5), results
     assert logged['top1'] == pytest.approx(results['averaged']['top1'], abs=1.5 / 300), results
     assert logged['top5'] == pytest.approx(results['averaged']['top5'], abs=1.5 / 300), results
-    scalars = _events(averaged_run['model_dir'], 'eval')
+    scalars = events(averaged_run['model_dir'], 'eval')
     for tag in ('loss', 'cross_entropy', 'top1', 'top5'):
         key = 'loss' if tag == 'cross_entropy' else tag
         assert float(scalars[tag][STEP]) == pytest.approx(logged[key], rel=1e-6), tag
@@ -194,7 +185,7 @@ def test_train_scalars_and_histograms_see_their_own_weights(averaged_run, models
             )
         )
 
-    train = _events(averaged_run['model_dir'], 'train')
+    train = events(averaged_run['model_dir'], 'train')
     logged = float(train['weight_norm'][STEP])
     assert logged == pytest.approx(norm(models['training']), rel=1e-6)
     # About 4e-4 apart: the norm of the averages would fail.
@@ -203,7 +194,7 @@ def test_train_scalars_and_histograms_see_their_own_weights(averaged_run, models
     for variable, average in zip(
         models['training'].trainable_variables, models['averaged'].trainable_variables
     ):
-        name = getattr(variable, 'path', None) or variable.name.rsplit(':', 1)[0]
+        name = variable_name(variable)
         buckets = train[name][STEP]  # [left edge, right edge, count] rows.
         assert buckets[:, 2].sum() == average.shape.num_elements(), name
         low, high = buckets[0, 0], buckets[-1, 1]

@@ -145,3 +145,24 @@ def assert_identical(prefix_a, prefix_b):
     assert not differing, (
         f'{len(differing)} of {total} values differ in {prefix_b}: {differing[:5]}'
     )
+
+
+def events(model_dir, run, plugin=None):
+    """{tag: {step: value}} of the summaries in the event files of `run` (`train`, `eval`).
+
+    Read with TensorFlow's record reader, a path of its own beside TensorBoard's; with
+    `plugin` ('scalars', 'histograms'), that plugin's summaries only.
+    """
+    values = {}
+    for path in tf.io.gfile.glob(os.path.join(model_dir, 'logs', run, 'events.out.tfevents.*')):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if plugin is None or value.metadata.plugin_data.plugin_name == plugin:
+                    values.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
+    return values
+
+
+def variable_name(variable):
+    """A variable's name as TensorBoard shows it: Keras 3's path, Keras 2's name less `:0`."""
+    return getattr(variable, 'path', None) or variable.name.rsplit(':', 1)[0]

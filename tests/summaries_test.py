@@ -29,6 +29,8 @@ import tensorflow as tf
 import densenet
 from input_pipeline import augment
 from main_runs import checkpoints
+from main_runs import events
+from main_runs import variable_name
 from trainer import loop
 from trainer import optimizers
 from trainer import schedules
@@ -284,21 +286,6 @@ def test_profile_trace_is_written_for_tensorboard(tiny_run):
     assert 'Profiling train steps 2 to 3' in result.stderr
 
 
-def _events(model_dir, run, plugin):
-    """{tag: {step: value}} of one plugin's summaries in the event files of `run`.
-
-    Read with TensorFlow's record reader, a path of its own beside the server's.
-    """
-    values = {}
-    for path in tf.io.gfile.glob(os.path.join(model_dir, 'logs', run, 'events.out.tfevents.*')):
-        for record in tf.data.TFRecordDataset(path):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name == plugin:
-                    values.setdefault(value.tag, {})[event.step] = tf.make_ndarray(value.tensor)
-    return values
-
-
 def _checkpointed_model(model_dir, step):
     """The tiny run's model with the weights of its checkpoint at `step`."""
     model = densenet.create_model('densenet_bc_10_4', num_classes=10, image_size=32)
@@ -307,14 +294,9 @@ def _checkpointed_model(model_dir, step):
     return model
 
 
-def _name(variable):
-    """A variable's name as TensorBoard shows it: Keras 3's path, Keras 2's name less `:0`."""
-    return getattr(variable, 'path', None) or variable.name.rsplit(':', 1)[0]
-
-
 def test_learning_rate_is_the_rate_of_each_logged_steps_update(tiny_run):
     model_dir, _ = tiny_run
-    scalars = _events(model_dir, 'train', 'scalars')
+    scalars = events(model_dir, 'train', 'scalars')
     logged = {step: float(value) for step, value in scalars['learning_rate'].items()}
     expected = {step: _expected_learning_rate(step) for step in LOGGED_STEPS}
     assert logged == pytest.approx(expected, rel=1e-5)
@@ -328,7 +310,7 @@ def test_learning_rate_is_the_rate_of_each_logged_steps_update(tiny_run):
 
 def test_weight_norm_is_the_norm_of_the_weights_checkpointed_at_that_step(tiny_run):
     model_dir, _ = tiny_run
-    scalars = _events(model_dir, 'train', 'scalars')
+    scalars = events(model_dir, 'train', 'scalars')
     logged = {step: float(value) for step, value in scalars['weight_norm'].items()}
     assert sorted(logged) == list(LOGGED_STEPS)
     norms = {}
@@ -350,9 +332,9 @@ def test_histograms_are_every_trainable_weight_at_each_evaluation(tiny_run):
     with open(os.path.join(model_dir, 'eval_results.jsonl')) as stream:
         evaluated = {json.loads(line)['step'] for line in stream}
     assert evaluated == {4}
-    histograms = _events(model_dir, 'train', 'histograms')
+    histograms = events(model_dir, 'train', 'histograms')
     model = _checkpointed_model(model_dir, 4)
-    trainable = {_name(variable): variable for variable in model.trainable_variables}
+    trainable = {variable_name(variable): variable for variable in model.trainable_variables}
     assert len(trainable) == len(model.trainable_variables) > 20
     assert sorted(histograms) == sorted(trainable)
     assert not any('moving_' in tag for tag in histograms)
@@ -423,7 +405,11 @@ def test_train_scalars_follow_from_the_window():
     assert math.isnan(
         summaries.train_scalars(
             {**window, 'skipped': 2.0, 'grad_norm_sq': 0.0},
-            steps=2, seconds=2.0, learning_rate=0.1, epoch=1.5, weight_norm=3.0,
+            steps=2,
+            seconds=2.0,
+            learning_rate=0.1,
+            epoch=1.5,
+            weight_norm=3.0,
         )['gradient_norm']
     )
     del window['input_wait']  # Not measured: no figure rather than a made-up one.
