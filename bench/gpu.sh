@@ -2,7 +2,7 @@
 # DenseNet-121 training throughput on one GPU: bf16, 224x224, batch 64, 128 and 256 per
 # replica, without and with XLA (--jit_compile), through our loop (steps_per_loop 25).
 #
-#   bash bench/gpu.sh            # about 10 minutes on one H100, most of it XLA compiles
+#   bash bench/gpu.sh            # the full run; most of its time goes to XLA compiles
 #   STEPS=25 REPEATS=2 BATCHES="64 128" bash bench/gpu.sh   # a shorter run
 #
 # Needs TensorFlow with CUDA on the machine (pip install "tensorflow[and-cuda]" .).

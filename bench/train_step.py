@@ -22,8 +22,9 @@ no weight decay: `model.fit` would not add our L2 term) and precision:
 
 The last line is `RESULT {json}` with `vs_fit` (our loop with steps_per_loop over
 fit), `vs_fit_xla` (both with XLA), `memory_ratio` and `time_ratio` (memory-efficient
-over plain) and the raw figures. Targets (PRODUCT.md): vs_fit >= 1.0, memory_ratio <=
-0.5, time_ratio <= 1.25. This file may use `model.fit`; the trainer never does.
+over plain) and the raw figures. The targets: vs_fit >= 1.0, memory_ratio <= 0.5,
+time_ratio <= 1.25 (README.md, "Measured results"). This file may use `model.fit`;
+the trainer never does.
 """
 
 import json
@@ -87,25 +88,25 @@ def _build(image_size: int, memory_efficient: bool):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     import densenet  # pylint: disable=g-import-not-at-top
-    from input_pipeline import dataset as datasets  # pylint: disable=g-import-not-at-top
+    from input_pipeline import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
 
     keras.utils.set_random_seed(0)
     model = densenet.create_model(
         FLAGS.model,
         num_classes=FLAGS.num_classes,
         image_size=image_size,
-        compute_dtype=FLAGS.precision,
+        precision=FLAGS.precision,
         memory_efficient=memory_efficient,
     )
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     optimizer.build(model.trainable_variables)
     dtype = tf.float32 if FLAGS.precision == 'float32' else tf.as_dtype(FLAGS.precision)
-    return model, optimizer, dtype, datasets
+    return model, optimizer, dtype, dataset_lib
 
 
-def _synthetic(datasets, dtype, image_size: int, batch_size: int):
+def _synthetic(dataset_lib, dtype, image_size: int, batch_size: int):
     """The synthetic batches every measurement trains on (`--synthetic_data`'s)."""
-    return datasets.synthetic_dataset(
+    return dataset_lib.synthetic_dataset(
         batch_size=batch_size, image_size=image_size, num_classes=FLAGS.num_classes, dtype=dtype
     )
 
@@ -115,9 +116,9 @@ def _our_loop(model, optimizer, batch_size: int, jit_compile: bool):
 
     from trainer import loop  # pylint: disable=g-import-not-at-top
     from trainer import precision  # pylint: disable=g-import-not-at-top
-    from trainer import step as steps  # pylint: disable=g-import-not-at-top
+    from trainer import step as step_lib  # pylint: disable=g-import-not-at-top
 
-    train_step = steps.TrainStep(
+    train_step = step_lib.TrainStep(
         model,
         optimizer,
         loss_scaler=precision.create_loss_scaler(FLAGS.precision),
@@ -144,8 +145,8 @@ def _time_our_loop(train_loop, iterator, loop_steps: int):
 
 
 def _child_ours():
-    model, optimizer, dtype, datasets = _build(FLAGS.image_size, False)
-    data = _synthetic(datasets, dtype, FLAGS.image_size, FLAGS.batch_size)
+    model, optimizer, dtype, dataset_lib = _build(FLAGS.image_size, False)
+    data = _synthetic(dataset_lib, dtype, FLAGS.image_size, FLAGS.batch_size)
     train_loop = _our_loop(model, optimizer, FLAGS.batch_size, FLAGS.jit_compile)
     per_step = _time_our_loop(train_loop, iter(data), FLAGS.loop_steps)
     return {'images_per_second': FLAGS.batch_size / statistics.median(per_step)}
@@ -165,9 +166,9 @@ def _child_versus():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     keras.utils.set_random_seed(0)
-    model, optimizer, dtype, datasets = _build(FLAGS.image_size, False)
+    model, optimizer, dtype, dataset_lib = _build(FLAGS.image_size, False)
     train_loop = _our_loop(model, optimizer, FLAGS.batch_size, FLAGS.jit_compile)
-    iterator = iter(_synthetic(datasets, dtype, FLAGS.image_size, FLAGS.batch_size))
+    iterator = iter(_synthetic(dataset_lib, dtype, FLAGS.image_size, FLAGS.batch_size))
     keras.utils.set_random_seed(0)
     fit_model, fit_optimizer, _, _ = _build(FLAGS.image_size, False)
     fit_model.compile(
@@ -175,7 +176,7 @@ def _child_versus():
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=FLAGS.jit_compile,
     )
-    fit_data = _synthetic(datasets, dtype, FLAGS.image_size, FLAGS.batch_size)
+    fit_data = _synthetic(dataset_lib, dtype, FLAGS.image_size, FLAGS.batch_size)
 
     class Timer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -210,8 +211,8 @@ def _child_versus():
 
 def _memory_loop(memory_efficient: bool):
     """(loop, iterator) of one-step calls at the memory runs' size."""
-    model, optimizer, dtype, datasets = _build(FLAGS.memory_image_size, memory_efficient)
-    data = _synthetic(datasets, dtype, FLAGS.memory_image_size, FLAGS.memory_batch_size)
+    model, optimizer, dtype, dataset_lib = _build(FLAGS.memory_image_size, memory_efficient)
+    data = _synthetic(dataset_lib, dtype, FLAGS.memory_image_size, FLAGS.memory_batch_size)
     iterator = iter(data)
     next(iterator)  # The input pipeline's own buffers belong to the baseline.
     return _our_loop(model, optimizer, FLAGS.memory_batch_size, False), iterator

@@ -17,7 +17,7 @@ logits. Inputs are images already normalised by the input pipeline.
 """
 
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import keras
 
@@ -45,9 +45,11 @@ BC_EXAMPLES: Tuple[str, ...] = (
     'densenet_bc_190_40',
 )
 
+# The names `create_model` knows, for flag help and error messages; besides these, any
+# 'densenet_bc_{depth}_{growth}' with (depth - 4) % 6 == 0 is accepted.
 MODEL_NAMES: Tuple[str, ...] = tuple(IMAGENET_VARIANTS) + BC_EXAMPLES
 
-# compute_dtype -> Keras dtype policy. The mixed ones compute in 16 bits but
+# precision -> Keras dtype policy. The mixed ones compute in 16 bits but
 # keep float32 variables, so that small SGD updates are not rounded away.
 _POLICIES = {
     'float32': 'float32',
@@ -59,13 +61,17 @@ _POLICIES = {
 COMPRESSION = 0.5
 
 
-def model_names() -> Tuple[str, ...]:
-    """The names `create_model` knows, for flag help and error messages.
+def all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer, descending into nested models and layers that list their sublayers.
 
-    Besides these, any 'densenet_bc_{depth}_{growth}' with (depth - 4) % 6 == 0
-    is accepted.
+    The memory-efficient DenseNet keeps its convolutions inside one layer per dense
+    block (`densenet/recompute.py`), which lists them in `layers` like a model does.
     """
-    return MODEL_NAMES
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) or getattr(layer, 'layers', None):
+            yield from all_layers(layer)
+        else:
+            yield layer
 
 
 def _parse_bc(name: str) -> Optional[Tuple[int, int]]:
@@ -197,21 +203,21 @@ def create_model(
     num_classes: int = 1000,
     image_size: int = 224,
     dropout_rate: float = 0.0,
-    compute_dtype: str = 'float32',
+    precision: str = 'float32',
     batch_norm_momentum: float = 0.99,
     memory_efficient: bool = False,
 ) -> keras.Model:
     """Builds a DenseNet by name, with random weights.
 
     Args:
-      name: one of `model_names()`, or 'densenet_bc_{depth}_{growth}'.
+      name: one of `MODEL_NAMES`, or 'densenet_bc_{depth}_{growth}'.
       num_classes: width of the logits.
       image_size: height and width of the square input images. At least 32 for
         the ImageNet models (total stride 32), at least 4 for DenseNet-BC.
       dropout_rate: if > 0, dropout after every convolution but the first, as in
         the paper (which used 0.2 on CIFAR without augmentation and none on
         ImageNet). 0 adds no Dropout layers at all.
-      compute_dtype: 'float32', or 'bfloat16' / 'float16' for mixed precision:
+      precision: 'float32', or 'bfloat16' / 'float16' for mixed precision:
         16-bit activations, float32 variables and float32 logits.
       batch_norm_momentum: decay of the batch-norm moving statistics. 0.99 is
         Keras Applications' value, right for ImageNet's thousands of steps per
@@ -229,10 +235,8 @@ def create_model(
     Raises:
       ValueError: for an unknown name or an invalid argument.
     """
-    if compute_dtype not in _POLICIES:
-        raise errors.UserError(
-            f'compute_dtype must be one of {sorted(_POLICIES)}, got {compute_dtype!r}.'
-        )
+    if precision not in _POLICIES:
+        raise errors.UserError(f'precision must be one of {sorted(_POLICIES)}, got {precision!r}.')
     if not 0.0 <= dropout_rate < 1.0:
         raise errors.UserError(f'dropout_rate must be in [0, 1), got {dropout_rate}.')
     if num_classes < 1:
@@ -246,7 +250,7 @@ def create_model(
 
     # Passed to every layer rather than set globally, so building a model never
     # changes the policy of layers other code creates.
-    policy = keras.mixed_precision.Policy(_POLICIES[compute_dtype])
+    policy = keras.mixed_precision.Policy(_POLICIES[precision])
     # A float32 input accepts float32 or 16-bit images (the first layer casts),
     # and keeps a SavedModel's serving signature float32 whatever the policy.
     images = keras.Input(shape=(image_size, image_size, 3), name='images')

@@ -6,7 +6,7 @@ epoch, position in the epoch), so a resumed run augments exactly as the original
 and no random generator state has to be checkpointed.
 
 Decoding is where an input pipeline spends its time, so the kernels do as little
-besides as they can (measured by `bench/input_pipeline.py`, on a 2-core x86 CPU):
+besides as they can (measured with `bench/input_pipeline.py`):
 
 - only the crop window is decoded (`decode_and_crop_jpeg`): libjpeg skips the inverse
   DCT and the colour conversion of everything outside it;
@@ -17,13 +17,13 @@ besides as they can (measured by `bench/input_pipeline.py`, on a 2-core x86 CPU)
 - flips are applied to the uint8 window before the resize, a quarter of the bytes of
   the float image after it;
 - normalisation multiplies and adds full-size constants: TensorFlow's per-channel
-  broadcasting of a `[3]` vector over an image ran several times slower than plain
-  element-wise arithmetic.
+  broadcasting of a `[3]` vector over an image ran slower than plain element-wise
+  arithmetic.
 
 Two ideas that were measured and left out: libjpeg's DCT-domain downscaling (the
-`ratio` argument) saved only ~20% of a window's decode at ImageNet's JPEG quality,
-where entropy decoding dominates, and applies only to windows at least twice the output
-(1.6% of Inception crops of 500x375 photos at 224); the branch that picks the ratio cost
+`ratio` argument) saved little of a window's decode at ImageNet's JPEG quality, where
+entropy decoding dominates, and applies only to windows at least twice the output (few
+Inception crops of ImageNet-sized photos at 224); the branch that picks the ratio cost
 more than it saved. Resizing float32 instead of uint8 input made no measurable difference.
 """
 
@@ -112,14 +112,14 @@ def random_crop_window(
     bbox: tf.Tensor,
     seed: tf.Tensor,
     *,
-    area_range: tuple[float, float] = (0.08, 1.0),
-    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+    crop_area_range: tuple[float, float] = (0.08, 1.0),
+    crop_aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
     max_attempts: int = 10,
 ) -> tf.Tensor:
     """Samples an Inception-style crop window `[offset_y, offset_x, height, width]`.
 
-    The window covers `area_range` of the image with an aspect ratio in
-    `aspect_ratio_range`; with annotated boxes it also contains at least 10% of one of
+    The window covers `crop_area_range` of the image with an aspect ratio in
+    `crop_aspect_range`; with annotated boxes it also contains at least 10% of one of
     them, which steers crops towards the object. When none of the `max_attempts` tries
     satisfies the constraints the sampler returns the whole image; we fall back to the
     central crop instead, as TPU ResNet does, so a failed sample still zooms in like the
@@ -129,8 +129,8 @@ def random_crop_window(
       shape: `[height, width, channels]` of the image.
       bbox: float `[N, 4]` boxes (ymin, xmin, ymax, xmax) in 0..1; `N` may be 0.
       seed: `[2]` integer tensor.
-      area_range: allowed crop area as a fraction of the image.
-      aspect_ratio_range: allowed width / height of the crop.
+      crop_area_range: allowed crop area as a fraction of the image.
+      crop_aspect_range: allowed width / height of the crop.
       max_attempts: sampling tries before falling back to the central crop.
 
     Returns:
@@ -147,8 +147,8 @@ def random_crop_window(
         bounding_boxes=boxes[tf.newaxis],
         seed=seed,
         min_object_covered=MIN_OBJECT_COVERED,
-        aspect_ratio_range=aspect_ratio_range,
-        area_range=area_range,
+        aspect_ratio_range=crop_aspect_range,
+        area_range=crop_area_range,
         max_attempts=max_attempts,
         use_image_if_no_bounding_boxes=True,
     )
@@ -210,16 +210,16 @@ def decode_and_random_crop(
     seed: tf.Tensor,
     *,
     image_size: int,
-    area_range: tuple[float, float] = (0.08, 1.0),
-    aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+    crop_area_range: tuple[float, float] = (0.08, 1.0),
+    crop_aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
     max_attempts: int = 10,
     flip: tf.Tensor | None = None,
     jpeg_only: bool = False,
 ) -> tf.Tensor:
     """Decodes a random Inception crop of an image and resizes it (the train crop).
 
-    The crop covers `area_range` of the image (of the annotated box, at least 10% of
-    it, when `bbox` is not empty) with an aspect ratio in `aspect_ratio_range`
+    The crop covers `crop_area_range` of the image (of the annotated box, at least 10% of
+    it, when `bbox` is not empty) with an aspect ratio in `crop_aspect_range`
     (Szegedy et al. 2015, "Going deeper with convolutions").
 
     Args:
@@ -227,8 +227,8 @@ def decode_and_random_crop(
       bbox: float `[N, 4]` boxes (ymin, xmin, ymax, xmax) in 0..1; `N` may be 0.
       seed: `[2]` int32/int64 tensor; the same seed gives the same crop.
       image_size: side of the square output.
-      area_range: allowed crop area as a fraction of the image.
-      aspect_ratio_range: allowed width / height of the crop.
+      crop_area_range: allowed crop area as a fraction of the image.
+      crop_aspect_range: allowed width / height of the crop.
       max_attempts: sampling tries before falling back to the central crop.
       flip: scalar bool, mirror the crop left to right (see `flip_decision`).
       jpeg_only: the bytes are known to be a JPEG (see `decode.as_jpeg_batch`).
@@ -242,8 +242,8 @@ def decode_and_random_crop(
             shape,
             bbox,
             seed,
-            area_range=area_range,
-            aspect_ratio_range=aspect_ratio_range,
+            crop_area_range=crop_area_range,
+            crop_aspect_range=crop_aspect_range,
             max_attempts=max_attempts,
         )
 
@@ -253,11 +253,6 @@ def decode_and_random_crop(
 def flip_decision(seed: tf.Tensor) -> tf.Tensor:
     """A fair coin, as `tf.image.stateless_random_flip_left_right` tosses it for `seed`."""
     return tf.random.stateless_uniform([], seed) < 0.5
-
-
-def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Flips an `[H, W, C]` image left to right with probability 1/2, decided by `seed`."""
-    return tf.reverse(image, _flip_axes(flip_decision(seed)))
 
 
 def decode_and_center_crop(

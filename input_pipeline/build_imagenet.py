@@ -57,7 +57,6 @@ import multiprocessing
 import os
 import random
 import re
-import struct
 import sys
 import tarfile
 import time
@@ -126,8 +125,8 @@ def _is_image_name(name: str) -> bool:
 def train_sources_from_tar(path: str) -> list[Source]:
     """Indexes ILSVRC2012_img_train.tar: the images of its per-class tars, by offset.
 
-    Only tar headers are read (the outer tar's and each class tar's), so indexing the
-    138 GB archive takes seconds; workers then read each image at its offset.
+    Only tar headers are read (the outer tar's and each class tar's), not the images;
+    workers then read each image at its offset.
     """
     sources = []
     with open(path, 'rb') as stream:
@@ -251,9 +250,7 @@ def read_meta(source, name: str) -> dict[int, str]:
         raise ValueError(f'{name} has no synsets struct array with ILSVRC2012_ID and WNID')
     return {
         int(identifier): str(wnid)
-        for identifier, wnid in zip(
-            np.ravel(synsets['ILSVRC2012_ID']), np.ravel(synsets['WNID'])
-        )
+        for identifier, wnid in zip(np.ravel(synsets['ILSVRC2012_ID']), np.ravel(synsets['WNID']))
     }
 
 
@@ -299,9 +296,7 @@ def read_devkit(path: str) -> tuple[list[str], dict[int, str]]:
     return lines, read_meta(io.BytesIO(files[_META]), f'{path}:{_META}')
 
 
-def read_val_labels(
-    *, val_labels: str | None, devkit: str | None
-) -> tuple[list[str] | None, str]:
+def read_val_labels(*, val_labels: str | None, devkit: str | None) -> tuple[list[str] | None, str]:
     """The synset of each validation image number (item `i - 1` for image `i`).
 
     From `--val_labels` when given (synsets, or IDs mapped by a meta.mat), else from the
@@ -493,27 +488,6 @@ def _shard_path(job: _ShardJob) -> str:
     return os.path.join(job.output_dir, f'{job.split}-{job.index:05d}-of-{job.num_shards:05d}')
 
 
-def count_records(path: str) -> int:
-    """Counts a TFRecord file's records from their length headers, without reading data.
-
-    Raises:
-      ValueError: when the last record runs past the end of the file.
-    """
-    size, count, offset = os.path.getsize(path), 0, 0
-    with open(path, 'rb') as stream:
-        while offset < size:
-            stream.seek(offset)
-            header = stream.read(8)
-            if len(header) < 8:
-                raise ValueError(f'{path} is truncated at byte {offset}')
-            (length,) = struct.unpack('<Q', header)
-            offset += 8 + 4 + length + 4
-            count += 1
-    if offset != size:
-        raise ValueError(f'{path} is truncated: its last record ends at byte {offset} of {size}')
-    return count
-
-
 class Progress:
     """A progress bar on a terminal; plain periodic lines in a log."""
 
@@ -656,8 +630,8 @@ def build(
 def _default_workers(todo: Sequence[_ShardJob]) -> int:
     """One process per CPU, but none that would have fewer than ~1,000 images to write.
 
-    Each worker imports TensorFlow (seconds) before its first image: for a small build
-    (a smoke test, a subset) one process, TensorFlow imported once, finishes first.
+    Each worker imports TensorFlow, which is slow, before its first image: for a small
+    build (a smoke test, a subset) one process, TensorFlow imported once, finishes first.
     """
     images = sum(len(job.sources) for job in todo)
     return max(1, min(os.cpu_count() or 1, images // _IMAGES_PER_WORKER))
@@ -667,12 +641,25 @@ def verify(output_dir: str, jobs: Sequence[_ShardJob]) -> dict[str, int]:
     """Counts every shard's records and checks them against the sources.
 
     Raises:
-      ValueError: naming the first shard with a wrong count.
+      ValueError: naming the first shard that is truncated or corrupt or holds a wrong
+        count.
     """
+    # Imported here, once the shards are written: the main process needs TensorFlow only now.
+    import tensorflow as tf
+
+    from input_pipeline import dataset
+
     totals = collections.Counter()
     for job in jobs:
         path = _shard_path(job)
-        found = count_records(path)
+        try:
+            found = dataset.count_examples([path])
+        except tf.errors.OpError as error:
+            reason = re.search(r'is truncated or corrupt: ([^\]\n]*)', error.message)
+            raise ValueError(
+                f'{path} is truncated or corrupt'
+                f'{": " + reason.group(1) if reason else ""}: delete it and rerun'
+            ) from None
         if found != len(job.sources):
             raise ValueError(
                 f'{path} holds {found} records, not {len(job.sources)}: delete it and rerun'

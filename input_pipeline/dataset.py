@@ -71,7 +71,9 @@ def list_files(dataset_dir: str, split: str) -> list[str]:
     pattern = formats.split_pattern(dataset_dir, 'slim', split)
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
-        raise errors.MissingFileError(f'no {split} TFRecords in {dataset_dir}: nothing matches {pattern}')
+        raise errors.MissingFileError(
+            f'no {split} TFRecords in {dataset_dir}: nothing matches {pattern}'
+        )
     return files
 
 
@@ -85,8 +87,19 @@ def count_examples(files: Sequence[str], *, skip_bad_records: bool = False) -> i
 
     Returns:
       The number of records.
+
+    Raises:
+      tf.errors.InvalidArgumentError: unless `skip_bad_records`, "TFRecord file F is
+        truncated or corrupt: ..." (see `records.read_file`).
     """
-    return records.count_records(files, skip_bad_records=skip_bad_records)
+    if not files:
+        return 0
+    found = records.read_files(
+        records.file_table(files),
+        skip_bad_records=skip_bad_records,
+        cycle_length=min(len(files), _INTERLEAVE_CYCLE),
+    )
+    return int(found.reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1))
 
 
 def eval_steps(num_examples: int, global_batch_size: int) -> int:
@@ -136,6 +149,49 @@ def _check_enough_records(files: tf.data.Dataset, needed: int, skip_bad_records:
         )
 
 
+def _parse_batch(
+    serialized: tf.Tensor,
+    filenames: tf.Tensor,
+    *,
+    schema: formats.RecordSchema,
+    label_offset: int,
+    skip_bad_records: bool,
+    num_classes: int | None = None,
+) -> dict[str, tf.Tensor]:
+    """Parses and checks a batch of records: what the train and eval pipelines share.
+
+    Per batch, not per example: one parse and one image check for the batch cost a
+    fraction of one per example.
+
+    Args:
+      serialized: string `[B]`, the records.
+      filenames: string `[B]`, the file of each record, for the error messages.
+      schema: the record keys.
+      label_offset: subtracted from the stored labels.
+      skip_bad_records: leave the image check to the example's own map (see below).
+      num_classes: check the labels here against `[0, num_classes)`; None leaves the
+        check to the caller (training checks after skipping bad records).
+
+    Returns:
+      `decode.parse_records`' `encoded` (JPEG bytes unless `skip_bad_records`),
+      `stored_label` and `bbox`, and `label`: int32 `stored_label - label_offset`.
+    """
+    parsed = decode.parse_records(serialized, schema=schema)
+    stored_labels = parsed['stored_label']
+    labels = tf.cast(stored_labels - label_offset, tf.int32)
+    if num_classes is not None:
+        labels = decode.check_labels(
+            labels, stored_labels, filenames, label_offset=label_offset, num_classes=num_classes
+        )
+    encoded = parsed['encoded']
+    if not skip_bad_records:
+        # Named errors for bytes that would fail to decode; PNGs and the like become
+        # JPEGs here, for one check per batch. With `skip_bad_records` both wait for
+        # the example's own map, where an error drops that example alone.
+        encoded = decode.as_jpeg_batch(decode.check_image(encoded, filenames))
+    return {**parsed, 'encoded': encoded, 'label': labels}
+
+
 def _fold_in(key: tf.Tensor, *data: int | tf.Tensor) -> tf.Tensor:
     for value in data:
         key = tf.random.experimental.stateless_fold_in(key, tf.cast(value, tf.int64))
@@ -156,8 +212,8 @@ def train_dataset(
     start_epoch: int = 0,
     skip_batches: int = 0,
     label_offset: int = 1,
-    area_range: tuple[float, float] = (0.08, 1.0),
-    aspect_ratio_range: tuple[float, float] = (0.75, 4 / 3),
+    crop_area_range: tuple[float, float] = (0.08, 1.0),
+    crop_aspect_range: tuple[float, float] = (0.75, 4 / 3),
     random_flip: bool = True,
     dtype: tf.DType = tf.float32,
     shuffle_buffer: int = 10000,
@@ -203,8 +259,8 @@ def train_dataset(
         output (with several replicas per pipeline a step consumes one batch per
         replica). Skipped records are not decoded.
       label_offset: subtracted from stored labels (1 for the slim layout).
-      area_range: crop area range of the Inception crop.
-      aspect_ratio_range: crop aspect ratio range of the Inception crop.
+      crop_area_range: crop area range of the Inception crop.
+      crop_aspect_range: crop aspect ratio range of the Inception crop.
       random_flip: whether to flip images left-right at random.
       dtype: dtype of the images.
       shuffle_buffer: records in the shuffle buffer.
@@ -258,18 +314,14 @@ def train_dataset(
     example_dtype = tf.float32 if mixes else dtype
 
     def prepare(keys: tf.Tensor, positions: tf.Tensor, serialized: tf.Tensor, filenames: tf.Tensor):
-        """Parses and checks a batch of records and gives each example its seeds.
-
-        Per batch, not per example: one parse and one image check for the batch cost a
-        fraction of one per example.
-        """
-        parsed = decode.parse_records(serialized, schema=schema)
-        encoded = parsed['encoded']
-        if not skip_bad_records:
-            # Named errors for bytes that would fail to decode; PNGs and the like become
-            # JPEGs here, for one check per batch. With `skip_bad_records` both wait for
-            # the example's own map, where an error drops that example alone.
-            encoded = decode.as_jpeg_batch(decode.check_image(encoded, filenames))
+        """Parses and checks a batch of records and gives each example its seeds."""
+        parsed = _parse_batch(
+            serialized,
+            filenames,
+            schema=schema,
+            label_offset=label_offset,
+            skip_bad_records=skip_bad_records,
+        )
         # A seed per kernel and example: (the kernel's key for the epoch, the example's
         # position in it), which is what `stateless_fold_in(key, position)` would give.
         seeds = tf.stack(
@@ -279,12 +331,11 @@ def train_dataset(
             ],
             axis=-1,
         )
-        labels = tf.cast(parsed['stored_label'] - label_offset, tf.int32)
         return (
-            encoded,
+            parsed['encoded'],
             parsed['bbox'],
             tf.transpose(seeds, [1, 0, 2]),
-            (labels, parsed['stored_label'], filenames, positions),
+            (parsed['label'], parsed['stored_label'], filenames, positions),
         )
 
     def augment_example(encoded, bbox, seeds, label_and_origin):
@@ -293,8 +344,8 @@ def train_dataset(
             bbox,
             seeds[_CROP],
             image_size=image_size,
-            area_range=area_range,
-            aspect_ratio_range=aspect_ratio_range,
+            crop_area_range=crop_area_range,
+            crop_aspect_range=crop_aspect_range,
             flip=augment.flip_decision(seeds[_FLIP]) if random_flip else None,
             jpeg_only=True,
         )
@@ -485,19 +536,15 @@ def eval_dataset(
 
     def prepare(serialized: tf.Tensor, filenames: tf.Tensor):
         """Parses and checks a batch of records (one op each for the batch)."""
-        parsed = decode.parse_records(serialized, schema=schema)
-        stored_labels = parsed['stored_label']
-        labels = decode.check_labels(
-            tf.cast(stored_labels - label_offset, tf.int32),
-            stored_labels,
+        parsed = _parse_batch(
+            serialized,
             filenames,
+            schema=schema,
             label_offset=label_offset,
+            skip_bad_records=skip_bad_records,
             num_classes=num_classes,
         )
-        encoded = parsed['encoded']
-        if not skip_bad_records:
-            encoded = decode.as_jpeg_batch(decode.check_image(encoded, filenames))
-        return encoded, labels, filenames
+        return parsed['encoded'], parsed['label'], filenames
 
     def center_crop(encoded: tf.Tensor) -> tf.Tensor:
         image = augment.decode_and_center_crop(
@@ -511,8 +558,8 @@ def eval_dataset(
     def preprocess(encoded: tf.Tensor, label: tf.Tensor, filename: tf.Tensor):
         if not skip_bad_records:
             return center_crop(encoded), label, tf.constant(1.0)
-        # A dataset that drops a failing decode is the graph's only try/except; it costs
-        # a few hundred microseconds per image, paid only in this mode.
+        # A dataset that drops a failing decode is the graph's only try/except; its cost
+        # per image is paid only in this mode.
         attempt = tf.data.Dataset.from_tensors(encoded)
         attempt = attempt.map(lambda data: (center_crop(data), True))
         fallback = (tf.zeros([image_size, image_size, 3], dtype), False)

@@ -1,4 +1,4 @@
-"""Parses ImageNet TFRecords and decodes their images to RGB.
+"""Parses ImageNet TFRecords and checks their labels and image bytes.
 
 The records follow one of the schemas of `formats.py` (the Inception / TF-slim keys,
 which the TPU `imagenet_to_gcs.py` script also writes, or TFDS's `image`/`label`). We
@@ -16,22 +16,7 @@ from input_pipeline import formats
 
 _BOX_KEYS = tuple(f'image/object/bbox/{name}' for name in ('ymin', 'xmin', 'ymax', 'xmax'))
 
-# The slim feature spec, kept under its old name for readers of the slim layout.
-FEATURES = {
-    'image/encoded': tf.io.FixedLenFeature([], tf.string),
-    # 1..1000 in the slim and TPU layouts; 0 is unused (it was "background").
-    'image/class/label': tf.io.FixedLenFeature([], tf.int64),
-    'image/class/synset': tf.io.FixedLenFeature([], tf.string, default_value=''),
-    'image/class/text': tf.io.FixedLenFeature([], tf.string, default_value=''),
-    # Informational only: the decoder reads the true size from the JPEG header.
-    'image/height': tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    'image/width': tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    # Human-annotated boxes (fractions of the image), present on some train images.
-    # Parsed dense (a missing list is empty), which is cheaper than sparse + to_dense.
-    **{key: tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True) for key in _BOX_KEYS},
-}
-
-# The leading bytes of the formats `decode_rgb` reads besides JPEG (`is_jpeg` knows it).
+# The leading bytes of the formats `as_jpeg` reads besides JPEG (`is_jpeg` knows it).
 _SIGNATURES = (b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'BM')
 # What `tf.io.is_jpeg` looks for: the start-of-image marker and the next marker's 0xFF.
 _JPEG_START = b'\xff\xd8\xff'
@@ -48,17 +33,6 @@ _BLANK_PNG = (
 _REENCODE_QUALITY = 100
 
 
-def _feature_spec(schema: formats.RecordSchema) -> dict:
-    if schema == formats.SLIM_SCHEMA:
-        return {
-            key: FEATURES[key] for key in FEATURES if key not in ('image/height', 'image/width')
-        }
-    return {
-        schema.image_key: tf.io.FixedLenFeature([], tf.string),
-        schema.label_key: tf.io.FixedLenFeature([], tf.int64),
-    }
-
-
 def check_labels(
     labels: tf.Tensor,
     stored_labels: tf.Tensor,
@@ -68,6 +42,11 @@ def check_labels(
     num_classes: int,
 ) -> tf.Tensor:
     """Returns `labels` once all are in `[0, num_classes)`; otherwise fails, naming a file.
+
+    A label outside the range fails the pipeline instead of being clipped or wrapped: a
+    wrong `label_offset` (1 for the slim and TPU layouts, whose labels run 1..1000; 0
+    for 0-based ones) or a mismatched `num_classes` would otherwise train a model on
+    silently wrong targets, or crash later inside the loss with no hint of the file.
 
     Works on one label or a batch: a batch costs one check instead of one per example.
 
@@ -90,81 +69,23 @@ def check_labels(
         return tf.identity(labels)
 
 
-def parse_record(
-    serialized: tf.Tensor,
-    filename: tf.Tensor | str,
-    *,
-    label_offset: int = 1,
-    num_classes: int = 1000,
-    schema: formats.RecordSchema = formats.SLIM_SCHEMA,
-    check_label: bool = True,
-) -> dict[str, tf.Tensor]:
-    """Parses one serialized `tf.train.Example`.
-
-    A label outside `[0, num_classes)` after the offset fails the pipeline instead of
-    being clipped or wrapped: a wrong offset or a mismatched `num_classes` would
-    otherwise train a model on silently wrong targets (or crash later inside the loss
-    with no hint of which file is at fault).
-
-    Args:
-      serialized: scalar string tensor, one record.
-      filename: scalar string, the file the record came from; it only appears in the
-        error message of a bad label.
-      label_offset: subtracted from the stored label (1 for the slim and TPU layouts,
-        whose labels run 1..1000; 0 for layouts with 0-based labels).
-      num_classes: number of classes the model predicts.
-      schema: the record keys (`formats.SLIM_SCHEMA` or `formats.TFDS_SCHEMA`).
-      check_label: False to leave the range check to the caller (the train pipeline
-        checks whole batches with `check_labels`, after skipping bad records).
-
-    Returns:
-      A dict with `encoded` (scalar string, the image bytes), `label` (int32, 0-based),
-      `stored_label` (int64, as stored), `bbox` (float32 `[N, 4]` as (ymin, xmin, ymax,
-      xmax), N may be 0), `synset` and `text` (scalar strings, empty when absent).
-
-    Raises:
-      tf.errors.InvalidArgumentError: when the label is out of range (at run time: inside
-        `tf.data` the error surfaces from the iterator). The message contains
-        "label out of range", the stored label and the file name.
-    """
-    features = tf.io.parse_single_example(serialized, _feature_spec(schema))
-    stored_label = features[schema.label_key]
-    label = stored_label - label_offset
-    if check_label:
-        label = check_labels(
-            label, stored_label, filename, label_offset=label_offset, num_classes=num_classes
-        )
-    if schema.has_boxes:
-        # The order (ymin, xmin, ymax, xmax) is the one tf.image's box ops expect.
-        bbox = tf.stack([features[key] for key in _BOX_KEYS], axis=-1)
-    else:
-        bbox = tf.zeros([0, 4])
-    empty = tf.constant('')
-    return {
-        'encoded': features[schema.image_key],
-        'label': tf.cast(label, tf.int32),
-        'stored_label': stored_label,
-        'bbox': tf.reshape(bbox, [-1, 4]),
-        'synset': features.get('image/class/synset', empty),
-        'text': features.get('image/class/text', empty),
-    }
-
-
 def parse_records(
     serialized: tf.Tensor, *, schema: formats.RecordSchema = formats.SLIM_SCHEMA
 ) -> dict[str, tf.Tensor]:
     """Parses a batch of serialized `tf.train.Example`s in one op.
 
-    The train pipeline parses (and checks) records a batch at a time before decoding
-    them one by one: one op for a batch costs less than one per record.
+    The train and eval pipelines parse (and check) records a batch at a time before
+    decoding them one by one: one op for a batch costs less than one per record.
 
     Args:
       serialized: string `[B]`.
       schema: the record keys.
 
     Returns:
-      `encoded` (string `[B]`), `stored_label` (int64 `[B]`) and `bbox` (a float32
-      RaggedTensor `[B, None, 4]` of (ymin, xmin, ymax, xmax), empty rows without boxes).
+      `encoded` (string `[B]`), `stored_label` (int64 `[B]`, as stored: 1..1000 in
+      the slim and TPU layouts) and `bbox` (a float32 RaggedTensor `[B, None, 4]` of
+      (ymin, xmin, ymax, xmax): the human-annotated boxes some train images have, as
+      fractions of the image; empty rows without boxes).
     """
     spec = {
         schema.image_key: tf.io.FixedLenFeature([], tf.string),
@@ -265,24 +186,4 @@ def as_jpeg_batch(encoded: tf.Tensor) -> tf.Tensor:
         tf.reduce_all(tf.strings.substr(encoded, 0, 3) == _JPEG_START),
         lambda: encoded,
         lambda: tf.map_fn(as_jpeg, encoded),
-    )
-
-
-def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
-    """Decodes a whole image to RGB, whatever its colour model.
-
-    ImageNet's JPEGs include grayscale and CMYK images, and one train image is a PNG
-    under a `.JPEG` name. `channels=3` makes libjpeg convert grayscale and CMYK to RGB;
-    `is_jpeg` sends anything else to the general decoder (PNG, GIF, BMP).
-
-    Args:
-      encoded: scalar string tensor, JPEG, PNG, GIF or BMP bytes.
-
-    Returns:
-      uint8 tensor `[height, width, 3]`.
-    """
-    return tf.cond(
-        tf.io.is_jpeg(encoded),
-        lambda: tf.io.decode_jpeg(encoded, channels=3),
-        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
     )

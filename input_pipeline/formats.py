@@ -29,9 +29,10 @@ from typing import Optional, Sequence
 import tensorflow as tf
 from absl import logging
 from google.protobuf import message
+from trainer import config as config_lib
 from trainer import errors
 
-LAYOUTS = ('slim', 'tpu', 'tfds')
+LAYOUTS = config_lib.LAYOUTS  # The flag's choices, defined with it (trainer/config.py).
 SPLITS = ('train', 'validation')
 
 
@@ -202,7 +203,9 @@ def find_dataset(
     if not tf.io.gfile.isdir(dataset_dir):
         raise errors.MissingFileError(f'dataset directory {dataset_dir} does not exist')
     if layout not in ('auto',) + LAYOUTS:
-        raise errors.UserError(f'--data_layout={layout}: expected auto or one of {", ".join(LAYOUTS)}')
+        raise errors.UserError(
+            f'--data_layout={layout}: expected auto or one of {", ".join(LAYOUTS)}'
+        )
     candidates = LAYOUTS if layout == 'auto' else (layout,)
     found = {}
     for name in candidates:

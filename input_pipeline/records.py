@@ -29,7 +29,7 @@ _FRAMING_BYTES = 16
 # Records accounted for at once (~7 MB of ImageNet per open file).
 _CHUNK_RECORDS = 64
 
-# Stat calls in flight when sizing files: remote file systems answer each in tens of ms.
+# Stat calls in flight when sizing files: remote file systems take a round trip for each.
 _STAT_THREADS = 32
 
 
@@ -118,21 +118,3 @@ def read_files(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-
-
-def count_records(files: Sequence[str], *, skip_bad_records: bool = False) -> int:
-    """Counts the records in TFRecord files by reading them all (damaged files named).
-
-    Args:
-      files: TFRecord paths.
-      skip_bad_records: count only the readable records of damaged files.
-
-    Returns:
-      The number of records.
-    """
-    if not files:
-        return 0
-    records = read_files(
-        file_table(files), skip_bad_records=skip_bad_records, cycle_length=min(len(files), 16)
-    )
-    return int(records.reduce(tf.constant(0, tf.int64), lambda count, *_: count + 1))

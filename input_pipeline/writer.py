@@ -77,7 +77,7 @@ def _floats(values: Sequence[float]) -> tf.train.Feature:
 
 
 def serialize_example(example: Example | Mapping[str, Any]) -> bytes:
-    """Serialises one example with the slim keys (see `decode.FEATURES`).
+    """Serialises one example with the slim layout's keys (`image/encoded`, ...).
 
     Args:
       example: an `Example` or a mapping with the same field names; `encoded` and

@@ -18,12 +18,13 @@ import tensorflow as tf
 import densenet
 from main_runs import run_main
 from random_weights import randomise_batch_norm
-from trainer import checkpoint as checkpoints
+from trainer import checkpoint as checkpoint_lib
+from trainer import errors
 from trainer import h5_weights
 from trainer import loop
 from trainer import nonfinite
 from trainer import preemption
-from trainer import step as steps
+from trainer import step as step_lib
 
 
 def _model(num_classes=10, name='densenet_bc_10_4', seed=0):
@@ -35,7 +36,7 @@ def _state(directory, *, num_classes=10, seed=0, **extra):
     model = _model(num_classes, seed=seed)
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     optimizer.build(model.trainable_variables)
-    return checkpoints.CheckpointState(
+    return checkpoint_lib.CheckpointState(
         model=model, optimizer=optimizer, directory=str(directory), keep=5, **extra
     )
 
@@ -131,7 +132,7 @@ def test_no_usable_checkpoint_stops_with_one_line_naming_them(saved, tmp_path):
     tmp_path, _ = _copy_of(saved, tmp_path)
     for step in (4, 8, 12):
         _truncate(os.path.join(tmp_path, f'ckpt-{step}.data-00000-of-00001'))
-    with pytest.raises(checkpoints.CheckpointError) as error:
+    with pytest.raises(errors.CheckpointError) as error:
         _state(tmp_path, seed=1).restore_latest()
     message = str(error.value)
     assert '\n' not in message
@@ -162,7 +163,7 @@ def test_lost_state_file_finds_checkpoints_by_step(saved, tmp_path, caplog):
 
 def test_checkpoint_of_another_model_is_refused_not_skipped(saved, tmp_path):
     tmp_path, _ = _copy_of(saved, tmp_path)
-    with pytest.raises(checkpoints.CheckpointError, match='ckpt-12 does not fit this model'):
+    with pytest.raises(errors.CheckpointError, match='ckpt-12 does not fit this model'):
         _state(tmp_path, num_classes=5).restore_latest()
     assert os.path.exists(os.path.join(tmp_path, 'ckpt-12.index'))
 
@@ -205,7 +206,7 @@ def test_loop_names_the_first_nonfinite_step_not_the_loop():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     optimizer = keras.optimizers.SGD(0.01)
     optimizer.build(model.trainable_variables)
-    train_step = steps.TrainStep(model, optimizer, global_batch_size=8)
+    train_step = step_lib.TrainStep(model, optimizer, global_batch_size=8)
     images = np.random.default_rng(0).normal(size=(6, 8, 4)).astype('float32')
     images[3, 5, 2] = np.nan
     labels = np.tile(np.arange(8) % 3, (6, 1))
@@ -279,7 +280,7 @@ def test_h5_weights_load_by_layer_name(tmp_path, layout):
         _write_keras2_h5(path, source, rename=lambda name: name.replace('conv1_', 'conv1/'))
     else:
         source.save(path)  # Keras 2 and 3 both write the legacy layout under model_weights.
-    assert checkpoints.load_initial_weights(target, path) == path
+    assert checkpoint_lib.load_initial_weights(target, path) == path
     for ours, theirs in zip(_weights(target), _weights(source)):
         np.testing.assert_array_equal(ours, theirs)
 
@@ -288,7 +289,7 @@ def test_keras_weights_h5_file_loads(tmp_path):
     source, target = _model(seed=0), _model(seed=1)
     path = str(tmp_path / 'model.weights.h5')
     source.save_weights(path)
-    checkpoints.load_initial_weights(target, path)
+    checkpoint_lib.load_initial_weights(target, path)
     for ours, theirs in zip(_weights(target), _weights(source)):
         np.testing.assert_array_equal(ours, theirs)
 
@@ -338,7 +339,7 @@ def test_keras2_densenet121_save_weights_file_initialises_a_run(tmp_path):
     assert f'Initialised the weights from {path}' in result.stderr
 
     model = densenet.create_model('densenet121', num_classes=10, image_size=64)
-    checkpoints.restore_weights(model, os.path.join(model_dir, 'checkpoints'))
+    checkpoint_lib.restore_weights(model, os.path.join(model_dir, 'checkpoints'))
     photo = tf.image.resize(skimage.data.astronaut()[None].astype(np.float32) / 255.0, (64, 64))
     photo = (photo - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
     want = reference(photo, training=False).numpy()
@@ -353,14 +354,14 @@ def test_h5_file_of_another_model_names_the_file_and_layer(tmp_path):
     _write_keras2_h5(path, _model(num_classes=1000))
     target = _model()
     before = _weights(target)
-    with pytest.raises(checkpoints.CheckpointError) as error:
+    with pytest.raises(errors.CheckpointError) as error:
         h5_weights.load_h5_weights(target, path)
     assert str(error.value) == (
         f'{path} does not fit the model: predictions/kernel is (9, 10) in the model but '
         '(9, 1000) in the file (check --model and --num_classes)'
     )
     _write_keras2_h5(path, _model(name='densenet_bc_16_4'))
-    with pytest.raises(checkpoints.CheckpointError, match=rf'^{path} does not fit --model='):
+    with pytest.raises(errors.CheckpointError, match=rf'^{path} does not fit --model='):
         h5_weights.load_h5_weights(target, path)
     # A failed load changes nothing.
     for ours, old in zip(_weights(target), before):
@@ -370,11 +371,11 @@ def test_h5_file_of_another_model_names_the_file_and_layer(tmp_path):
 def test_init_from_checkpoint_reads_weights_only(saved):
     folder, weights = saved
     model = _model(seed=1)
-    assert checkpoints.load_initial_weights(model, folder).endswith('ckpt-12')
+    assert checkpoint_lib.load_initial_weights(model, folder).endswith('ckpt-12')
     for ours, theirs in zip(_weights(model), weights[12]):
         np.testing.assert_array_equal(ours, theirs)
     with pytest.raises(FileNotFoundError):
-        checkpoints.load_initial_weights(model, os.path.join(folder, 'nothing'))
+        checkpoint_lib.load_initial_weights(model, os.path.join(folder, 'nothing'))
 
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])

@@ -33,7 +33,7 @@ from main_runs import start_main
 from main_runs import write_pausing_launcher
 from trainer import optimizers
 from trainer import precision
-from trainer import step as steps
+from trainer import step as step_lib
 
 
 def _train_step(model):
@@ -44,9 +44,9 @@ def _train_step(model):
         nesterov=False,
         weight_decay=1e-4,
         variables=model.trainable_variables,
-        decayed=steps.decayed_variables(model),
+        decayed_variables=step_lib.decayed_variables(model),
     )
-    return steps.TrainStep(
+    return step_lib.TrainStep(
         model,
         optimizer,
         loss_scaler=precision.LossScaler(),
@@ -72,7 +72,7 @@ def test_densenet121_step_sums_at_most_two_gradient_terms(memory_efficient):
         'densenet121',
         num_classes=10,
         image_size=32,
-        compute_dtype='bfloat16',
+        precision='bfloat16',
         memory_efficient=memory_efficient,
     )
     train_step = _train_step(model)

@@ -27,7 +27,7 @@ from trainer import errors
 from trainer import gaudi
 from trainer import loop
 from trainer import precision
-from trainer import step as steps
+from trainer import step as step_lib
 from trainer import summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,14 +41,14 @@ def _local_values(strategy, weight):
     return [v.numpy() for v in strategy.experimental_local_results(variable)]
 
 
-def _batches(global_batch, num_steps, *, poison=None):
+def _batches(global_batch_size, num_steps, *, poison=None):
     """`num_steps` batches of random examples; fewer steps give a prefix of more.
 
     Images and labels come from streams of their own, so the first steps' examples do
     not depend on how many steps are drawn.
     """
-    images = np.random.default_rng(5).normal(size=(global_batch * num_steps, 6))
-    labels = np.random.default_rng(6).integers(0, 4, global_batch * num_steps)
+    images = np.random.default_rng(5).normal(size=(global_batch_size * num_steps, 6))
+    labels = np.random.default_rng(6).integers(0, 4, global_batch_size * num_steps)
     images = images.astype(np.float32)
     if poison is not None:
         images[poison] = np.inf
@@ -57,12 +57,12 @@ def _batches(global_batch, num_steps, *, poison=None):
 
 def _train(
     strategy,
-    global_batch,
+    global_batch_size,
     *,
     poison=None,
     initial_scale=2.0**15,
     num_steps=3,
-    accumulation_steps=1,
+    grad_accum_steps=1,
     snapshots=None,
 ):
     """A tiny model without batch norm through TrainStep and the loop under `strategy`.
@@ -84,19 +84,19 @@ def _train(
         optimizer.build(model.trainable_variables)
         scaler = precision.LossScaler(dynamic=True, initial_scale=initial_scale)
         average = ema.WeightAverage(model, 0.5)
-    train_step = steps.TrainStep(
+    train_step = step_lib.TrainStep(
         model,
         optimizer,
         loss_scaler=scaler,
-        global_batch_size=global_batch,
+        global_batch_size=global_batch_size,
         num_replicas=strategy.num_replicas_in_sync,
         weight_decay=WEIGHT_DECAY,
         label_smoothing=LABEL_SMOOTHING,
-        accumulation_steps=accumulation_steps,
+        grad_accum_steps=grad_accum_steps,
         weight_average=average,
     )
-    images, labels = _batches(global_batch, num_steps, poison=poison)
-    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(global_batch)
+    images, labels = _batches(global_batch_size, num_steps, poison=poison)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(global_batch_size)
     iterator = iter(strategy.experimental_distribute_dataset(data))
     train_loop = loop.make_train_loop(strategy, train_step)
     if snapshots is None:
@@ -111,9 +111,11 @@ def _train(
 
 
 @functools.cache
-def _one_device_reference(global_batch):
+def _one_device_reference(global_batch_size):
     """`_train` on one device, as NumPy values: the reference of several mirrored runs."""
-    model, optimizer, scaler, average, totals = _train(tf.distribute.get_strategy(), global_batch)
+    model, optimizer, scaler, average, totals = _train(
+        tf.distribute.get_strategy(), global_batch_size
+    )
     return types.SimpleNamespace(
         weights=[weight.numpy() for weight in model.weights],
         averages=[average.numpy() for average in average.averages],
@@ -123,8 +125,8 @@ def _one_device_reference(global_batch):
     )
 
 
-@pytest.mark.parametrize('accumulation_steps', [1, 2])
-def test_mirrored_equals_one_device_with_the_double_batch(two_cpus, accumulation_steps):
+@pytest.mark.parametrize('grad_accum_steps', [1, 2])
+def test_mirrored_equals_one_device_with_the_double_batch(two_cpus, grad_accum_steps):
     """Two replicas, each accumulating over micro-batches or not, make one device's steps.
 
     Each replica divides its loss by the global batch and the optimizer sums over
@@ -134,11 +136,11 @@ def test_mirrored_equals_one_device_with_the_double_batch(two_cpus, accumulation
     """
     strategy = two_cpus
     assert strategy.num_replicas_in_sync == 2
-    global_batch = 2 * PER_REPLICA_BATCH
+    global_batch_size = 2 * PER_REPLICA_BATCH
     model, optimizer, scaler, average, totals = _train(
-        strategy, global_batch, accumulation_steps=accumulation_steps
+        strategy, global_batch_size, grad_accum_steps=grad_accum_steps
     )
-    reference = _one_device_reference(global_batch)
+    reference = _one_device_reference(global_batch_size)
     for weight, want in zip(model.weights, reference.weights):
         replicas = _local_values(strategy, weight)
         np.testing.assert_array_equal(replicas[0], replicas[1])  # Replicas in sync.
@@ -148,7 +150,7 @@ def test_mirrored_equals_one_device_with_the_double_batch(two_cpus, accumulation
     # Metrics summed over replicas are the one device's.
     for key in ('cross_entropy', 'l2', 'top1', 'top5', 'count', 'skipped'):
         assert totals[key] == pytest.approx(reference.totals[key], rel=1e-5, abs=1e-6), key
-    assert totals['count'] == 3 * global_batch
+    assert totals['count'] == 3 * global_batch_size
     assert int(optimizer.iterations.numpy()) == reference.iterations == 3
     assert int(scaler.good_steps.numpy()) == reference.good_steps == 3
     # Not trivially equal: training moved the weights.
@@ -189,19 +191,19 @@ def test_gradient_norm_on_two_replicas_is_readmes_formula(two_cpus):
     each batch at the weights the step started from.
     """
     strategy = two_cpus
-    global_batch, num_steps = 2 * PER_REPLICA_BATCH, 3
+    global_batch_size, num_steps = 2 * PER_REPLICA_BATCH, 3
     snapshots = []
     *_, totals = _train(
-        strategy, global_batch, num_steps=num_steps, accumulation_steps=2, snapshots=snapshots
+        strategy, global_batch_size, num_steps=num_steps, grad_accum_steps=2, snapshots=snapshots
     )
     logged = summaries.train_scalars(
         totals, steps=num_steps, seconds=1.0, learning_rate=0.1, epoch=1.0, weight_norm=1.0
     )['gradient_norm']
 
-    images, labels = _batches(global_batch, num_steps)
+    images, labels = _batches(global_batch_size, num_steps)
     squares, global_squares = [], []
     for index, weights in enumerate(snapshots):
-        step = slice(index * global_batch, (index + 1) * global_batch)
+        step = slice(index * global_batch_size, (index + 1) * global_batch_size)
         # experimental_distribute_dataset deals each batch's first half to replica 0.
         halves = [
             (
@@ -222,14 +224,14 @@ def test_gradient_norm_on_two_replicas_is_readmes_formula(two_cpus):
 
 def test_mirrored_skips_on_every_replica_when_one_overflows(two_cpus):
     strategy = two_cpus
-    global_batch = 2 * PER_REPLICA_BATCH
+    global_batch_size = 2 * PER_REPLICA_BATCH
     keras.utils.set_random_seed(0)
     # Example 12 of the first batch goes to the second replica: only its gradients
     # are non-finite, yet both replicas must skip.
     model, optimizer, scaler, average, totals = _train(
-        strategy, global_batch, poison=12, num_steps=1
+        strategy, global_batch_size, poison=12, num_steps=1
     )
-    fresh, *_ = _train(tf.distribute.get_strategy(), global_batch, num_steps=0)
+    fresh, *_ = _train(tf.distribute.get_strategy(), global_batch_size, num_steps=0)
     assert totals['skipped'] == 1.0
     for weight, want in zip(model.weights, fresh.weights):
         for value in _local_values(strategy, weight):

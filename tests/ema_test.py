@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 
 import densenet
-from input_pipeline import dataset as datasets
+from input_pipeline import dataset as dataset_lib
 from input_pipeline import formats
 from main_runs import checkpoints
 from main_runs import events
@@ -114,7 +114,7 @@ def validation(digits_dir):
     found = formats.find_dataset(digits_dir)
     images, labels, weights = next(
         iter(
-            datasets.eval_dataset(
+            dataset_lib.eval_dataset(
                 list(found.validation_files),
                 batch_size=300,
                 image_size=IMAGE_SIZE,

@@ -10,14 +10,12 @@ traceback was printed.
 import concurrent.futures
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 
+from main_runs import MAIN
+from main_runs import ROOT
 from main_runs import run_main
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = [
     '--model=densenet_bc_10_4',
@@ -215,16 +213,7 @@ CASE_NAMES = [
 
 
 def _run(args, env_extra):
-    env = {key: value for key, value in os.environ.items() if key != 'TF_CONFIG'}
-    env.update(TF_CPP_MIN_LOG_LEVEL='2', **env_extra)
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'main.py'), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    return run_main(args, env=dict(TF_CPP_MIN_LOG_LEVEL='2', **env_extra), drop_env=('TF_CONFIG',))
 
 
 def _snapshot(folder):
@@ -312,7 +301,7 @@ runpy.run_path({main!r}, run_name='__main__')
 
 def test_internal_error_shows_its_traceback_and_says_it_is_a_bug(tmp_path):
     launcher = tmp_path / 'buggy_main.py'
-    launcher.write_text(_BUGGY_LAUNCHER.format(root=ROOT, main=os.path.join(ROOT, 'main.py')))
+    launcher.write_text(_BUGGY_LAUNCHER.format(root=ROOT, main=MAIN))
     result = run_main(
         [*TINY, '--synthetic_data', '--train_steps=1', f'--model_dir={tmp_path / "model"}'],
         launcher=str(launcher),

@@ -2,7 +2,8 @@
 
 1,001 examples do not fill the last batch of 64 per replica, so the eval pipeline pads
 it with zero images of label 0 and weight 0 (`input_pipeline/dataset.py`). The
-evaluator the trainer builds (`trainer/run.py`'s `_Data` and `_make_evaluator`, which
+evaluator the trainer builds (`trainer/run_data.py`'s `RunData` and
+`trainer/evaluation.py`'s `make_evaluator`, which
 runs `trainer/step.py`'s `eval_step` through `trainer/loop.py`) must give the top-1,
 top-5 and mean cross-entropy of the 1,001 real examples alone, on one device and on
 two mirrored replicas. The reference runs the same model on the same decoded images,
@@ -19,15 +20,17 @@ import tensorflow as tf
 from input_pipeline import augment
 from input_pipeline import writer
 from trainer import distribute
+from trainer import evaluation
 from trainer import run
 from trainer.config import RunConfig
+from trainer.run_data import RunData
 
 NUM_EXAMPLES = 1001
 PER_REPLICA_BATCH = 64
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
 CROP_FRACTION = 1.0
-TRAIN_EXAMPLES = 2 * PER_REPLICA_BATCH  # `_Data` needs a training epoch of one step.
+TRAIN_EXAMPLES = 2 * PER_REPLICA_BATCH  # `RunData` needs a training epoch of one step.
 
 
 def _config(dataset_dir):
@@ -144,7 +147,7 @@ def test_evaluation_equals_numpy_over_the_unpadded_examples(evaluation_data, rep
         strategy = request.getfixturevalue('two_cpus')
     assert strategy.num_replicas_in_sync == replicas
     config = _config(dataset_dir)
-    data = run._Data(config, strategy)  # pylint: disable=protected-access
+    data = RunData(config, strategy)
     assert data.num_eval == NUM_EXAMPLES
     # The last step is padded (23 zero-weight examples on 1 and on 2 replicas).
     assert data.eval_steps * PER_REPLICA_BATCH * replicas - NUM_EXAMPLES == 23
@@ -152,7 +155,7 @@ def test_evaluation_equals_numpy_over_the_unpadded_examples(evaluation_data, rep
         model = run.build_model(config)
     model.set_weights(weights)
 
-    evaluate = run._make_evaluator(  # pylint: disable=protected-access
+    evaluate = evaluation.make_evaluator(
         strategy, data, lambda images: model(images, training=False), show_progress=False
     )
     result = evaluate()

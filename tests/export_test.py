@@ -17,7 +17,7 @@ import tensorflow as tf
 from skimage import data as skimage_data
 
 import densenet
-from input_pipeline import dataset as datasets
+from input_pipeline import dataset as dataset_lib
 from input_pipeline import writer
 from trainer import errors
 from trainer import export
@@ -92,8 +92,8 @@ def exported(tmp_path_factory):
     )
     images, _, _ = next(
         iter(
-            datasets.eval_dataset(
-                datasets.list_files(str(folder / 'data'), 'validation'),
+            dataset_lib.eval_dataset(
+                dataset_lib.list_files(str(folder / 'data'), 'validation'),
                 batch_size=1,
                 image_size=IMAGE_SIZE,
                 num_classes=10,

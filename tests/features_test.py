@@ -27,7 +27,7 @@ from main_runs import run_main
 from trainer import loop
 from trainer import optimizers
 from trainer import schedules
-from trainer import step as steps
+from trainer import step as step_lib
 from trainer.config import RunConfig
 
 TINY = [
@@ -216,15 +216,17 @@ def test_each_optimizer_with_each_schedule_and_warmup(optimizer):
             lr_boundaries=(1.0,) if schedule_name == 'piecewise' else (),
             lr_values=(0.01, 0.001) if schedule_name == 'piecewise' else (),
         )
-        schedule = schedules.from_config(config, steps_per_epoch=2, total_steps=4, global_batch=4)
+        schedule = schedules.from_config(
+            config, steps_per_epoch=2, total_steps=4, global_batch_size=4
+        )
         optimizer_object = optimizers.create_optimizer(
             optimizer,
             schedule,
             weight_decay=1e-4,
             variables=model.trainable_variables,
-            decayed=steps.decayed_variables(model),
+            decayed_variables=step_lib.decayed_variables(model),
         )
-        train_step = steps.TrainStep(
+        train_step = step_lib.TrainStep(
             model,
             optimizer_object,
             global_batch_size=4,

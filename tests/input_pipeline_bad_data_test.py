@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -18,8 +17,7 @@ from PIL import Image
 
 from input_pipeline import dataset
 from input_pipeline import writer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from trainer import errors
 
 
 def jpeg(image: np.ndarray) -> bytes:
@@ -66,10 +64,7 @@ def evaluate(files, num_examples, **overrides):
 
 def one_line(error: Exception) -> str:
     """What main.py prints for an error."""
-    sys.path.insert(0, ROOT)
-    import main  # noqa: PLC0415  (absl flags, defined once per process)
-
-    return main._one_line(error)
+    return errors.one_line(error)
 
 
 @pytest.mark.parametrize('damage', [truncate, corrupt])

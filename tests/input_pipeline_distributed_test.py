@@ -36,13 +36,13 @@ from input_pipeline import dataset
 
 files, num_examples, per_replica = sys.argv[4:], int(sys.argv[2]), int(sys.argv[3])
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
-global_batch = per_replica * strategy.num_replicas_in_sync
+global_batch_size = per_replica * strategy.num_replicas_in_sync
 
 
 def dataset_fn(context):
     return dataset.eval_dataset(
         files,
-        batch_size=context.get_per_replica_batch_size(global_batch),
+        batch_size=context.get_per_replica_batch_size(global_batch_size),
         image_size=8,
         num_classes=num_examples,
         num_examples=num_examples,
@@ -57,7 +57,7 @@ def count(images, labels, weights):
 
 
 distributed = strategy.distribute_datasets_from_function(dataset_fn)
-steps = dataset.eval_steps(num_examples, global_batch)
+steps = dataset.eval_steps(num_examples, global_batch_size)
 labels_seen = [[] for _ in range(strategy.num_replicas_in_sync)]
 total = 0.0
 iterator = iter(distributed)

@@ -254,8 +254,10 @@ def test_bounding_boxes_steer_the_crop_sampler(tmp_path):
     brightness = []
     for index in range(2):
         files = dataset.list_files(str(tmp_path / str(index)), 'train')
-        parsed = decode.parse_record(next(iter(tf.data.TFRecordDataset(files))), files[0])
-        np.testing.assert_allclose(parsed['bbox'], [box] if index == 0 else np.zeros([0, 4]))
+        record = next(iter(tf.data.TFRecordDataset(files)))
+        parsed = decode.parse_records(record[tf.newaxis])
+        boxes = np.array(parsed['bbox'].to_list()[0], np.float32).reshape(-1, 4)
+        np.testing.assert_allclose(boxes, [box] if index == 0 else np.zeros([0, 4]))
         images_, _ = next(
             iter(
                 dataset.train_dataset(
@@ -264,7 +266,7 @@ def test_bounding_boxes_steer_the_crop_sampler(tmp_path):
                     image_size=8,
                     num_classes=1,
                     seed=0,
-                    area_range=(0.1, 0.15),
+                    crop_area_range=(0.1, 0.15),
                     random_flip=False,
                 )
             )

@@ -57,12 +57,33 @@ def run(request):
     return (lambda fn, *args: fn(*args)) if request.param == 'eager' else in_tf_data
 
 
-def read_records(files: list[str]) -> list[dict[str, np.ndarray]]:
-    """Parses every record of `files`, in order, with labels made 0-based."""
-    records = tf.data.Dataset.from_tensor_slices(files).flat_map(
-        lambda name: tf.data.TFRecordDataset(name).map(lambda record: (record, name))
-    )
-    return list(records.map(decode.parse_record).as_numpy_iterator())
+def read_records(files: list[str]) -> list[dict]:
+    """Parses every record of `files`, in order, as the pipelines do, labels made 0-based.
+
+    The class synset and text, which the pipelines do not read, come from the
+    `tf.train.Example` itself.
+    """
+    parsed = []
+    for batch in tf.data.TFRecordDataset(files).batch(256):
+        fields = decode.parse_records(batch)
+        boxes = fields['bbox'].to_list()
+        for index, record in enumerate(batch.numpy()):
+            feature = tf.train.Example.FromString(record).features.feature
+            parsed.append(
+                {
+                    'encoded': fields['encoded'][index].numpy(),
+                    'label': int(fields['stored_label'][index]) - 1,
+                    'bbox': np.array(boxes[index], np.float32).reshape(-1, 4),
+                    'synset': feature['image/class/synset'].bytes_list.value[0],
+                    'text': feature['image/class/text'].bytes_list.value[0],
+                }
+            )
+    return parsed
+
+
+def decode_whole(encoded: bytes | tf.Tensor) -> np.ndarray:
+    """A whole image decoded to uint8 RGB by TensorFlow's decoder: the tests' reference."""
+    return tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
 
 
 def reference_center_crop(image: np.ndarray, image_size: int, crop_fraction: float = 0.875):
@@ -103,7 +124,7 @@ def test_round_trip_keeps_images_labels_synsets_and_text(tmp_path, photos):
         assert example['text'].decode('utf-8') == f'{name} café'
         expected_boxes = np.array(original.bboxes, np.float32).reshape(-1, 4)
         np.testing.assert_allclose(example['bbox'], expected_boxes)
-        rgb = decode.decode_rgb(example['encoded']).numpy()
+        rgb = decode_whole(example['encoded'])
         assert rgb.shape == image.shape and rgb.dtype == np.uint8
         assert np.abs(rgb.astype(int) - image).mean() < 3
 
@@ -175,9 +196,12 @@ def test_write_from_folders_without_class_folders(tmp_path):
 
 
 def test_decode_grayscale_jpeg_to_rgb(run):
-    camera = skimage.data.camera()
-    rgb = run(decode.decode_rgb, tf.constant(encode(camera))).numpy()
-    assert rgb.shape == camera.shape + (3,) and rgb.dtype == np.uint8
+    camera = skimage.data.camera()  # 512x512: the whole image at its own size is itself.
+    rgb = run(
+        lambda e: augment.decode_and_center_crop(e, image_size=512, crop_fraction=1.0),
+        tf.constant(encode(camera)),
+    ).numpy()
+    assert rgb.shape == camera.shape + (3,) and rgb.dtype == np.float32
     np.testing.assert_array_equal(rgb[..., 0], rgb[..., 1])
     np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
     assert np.abs(rgb[..., 0].astype(int) - camera).mean() < 2
@@ -187,10 +211,17 @@ def test_decode_cmyk_jpeg_to_rgb(run, photos):
     chelsea = photos['chelsea']
     cmyk = encode(chelsea, mode='CMYK')
     assert Image.open(io.BytesIO(cmyk)).mode == 'CMYK'
-    rgb = run(decode.decode_rgb, tf.constant(cmyk)).numpy()
-    assert rgb.shape == chelsea.shape
-    assert np.abs(rgb.astype(int) - chelsea).mean() < 3
-    # The fused decode-and-crop path converts CMYK as well.
+    # The fused decode-and-crop path converts CMYK to RGB: at its own size, its central
+    # square is the photo's.
+    side = min(chelsea.shape[:2])
+    square = run(
+        lambda e: augment.decode_and_center_crop(e, image_size=side, crop_fraction=1.0),
+        tf.constant(cmyk),
+    ).numpy()
+    assert square.shape == (side, side, 3)
+    assert np.abs(square - reference_center_crop(chelsea, side, 1.0)).mean() < 3
+    # And it crops and resizes as a whole decode does.
+    rgb = decode_whole(cmyk)
     crop = run(lambda e: augment.decode_and_center_crop(e, image_size=64), tf.constant(cmyk))
     np.testing.assert_allclose(crop, reference_center_crop(rgb, 64), atol=2)
 
@@ -198,8 +229,12 @@ def test_decode_cmyk_jpeg_to_rgb(run, photos):
 def test_png_under_jpeg_name(run, photos):
     chelsea = photos['chelsea']
     png = tf.constant(encode(chelsea, 'PNG'))
-    np.testing.assert_array_equal(run(decode.decode_rgb, png), chelsea)
-    # The crop kernels re-encode it as a near-lossless JPEG. The eval crop at its native
+    # The crop kernels re-encode it as a near-lossless JPEG (`decode.as_jpeg`): a level
+    # or two off the PNG's pixels.
+    jpeg = run(decode.as_jpeg, png)
+    assert tf.io.is_jpeg(jpeg)
+    assert np.abs(decode_whole(jpeg).astype(int) - chelsea).mean() < 2
+    # The eval crop at its native
     # size (262 = int(0.875 * 300)) is then the numpy slice within a level or two; a
     # window one pixel off would differ by ~8 (451 - 262 is odd, so the rounding of the
     # offset shows).
@@ -233,7 +268,14 @@ def test_label_out_of_range_names_the_file(tmp_path, photos, stored_label):
         assert filename in message
         assert str(stored_label) in message
 
-    expect_error(lambda: decode.parse_record(record, filename))
+    def parse_and_check():
+        parsed = decode.parse_records(record[tf.newaxis])
+        stored = parsed['stored_label']
+        decode.check_labels(
+            stored - 1, stored, tf.constant([filename]), label_offset=1, num_classes=1000
+        )
+
+    expect_error(parse_and_check)
     expect_error(
         lambda: list(
             dataset.train_dataset(
@@ -285,8 +327,8 @@ def test_random_crop_falls_back_to_center_crop(run, photos):
             tf.zeros([0, 4]),
             tf.constant([3, 4]),
             image_size=32,
-            area_range=(0.9, 1.0),
-            aspect_ratio_range=(10.0, 10.0),
+            crop_area_range=(0.9, 1.0),
+            crop_aspect_range=(10.0, 10.0),
         )
 
     center = augment.decode_and_center_crop(encoded, image_size=32)
@@ -305,13 +347,29 @@ def test_decode_and_center_crop_matches_reference(run, photos):
 
 
 def test_random_flip(run, photos):
-    image = tf.constant(photos['astronaut'][:40, :48])
-    flipped = image.numpy()[:, ::-1]
+    # The train crop's flip: `flip_decision(seed)` mirrors the window for some seeds and
+    # keeps it for others, the same for the same seed.
+    encoded = tf.constant(encode(photos['astronaut'][:40, :48]))
+
+    def crop(data, flip=None):
+        # The central 40x40 window at its own size: no resize between it and the flip.
+        return augment.decode_window(
+            data,
+            lambda shape: augment.central_crop_window(shape, 1.0),
+            image_size=40,
+            flip=flip,
+        )
+
+    def flip_crop(data, seed):
+        return crop(data, augment.flip_decision(seed))
+
+    image = run(crop, encoded).numpy()
+    flipped = image[:, ::-1]
     outcomes = set()
     for index in range(16):
         seed = tf.constant([index, 7])
-        result = run(augment.random_flip, image, seed).numpy()
-        np.testing.assert_array_equal(result, run(augment.random_flip, image, seed))
+        result = run(flip_crop, encoded, seed).numpy()
+        np.testing.assert_array_equal(result, run(flip_crop, encoded, seed))
         if np.array_equal(result, flipped):
             outcomes.add('flipped')
         else:
@@ -578,6 +636,6 @@ def test_digits_dataset(tmp_path):
         labels = np.array([example['label'] for example in parsed])
         assert len(labels) == count and set(labels) == set(range(10))
         assert np.bincount(labels).min() >= count // 10 - 5  # stratified split
-        image = decode.decode_rgb(parsed[0]['encoded']).numpy()
+        image = decode_whole(parsed[0]['encoded'])
         assert image.shape == (32, 32, 3) and image.dtype == np.uint8
         assert image.max() > 200 and image.min() < 50  # ink on paper, not a blank

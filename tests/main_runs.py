@@ -47,19 +47,25 @@ def write_pausing_launcher(folder) -> str:
     return path
 
 
-def run_main(args, timeout=300, env=None, launcher=None):
+def run_main(args, timeout=300, env=None, launcher=None, drop_env=(), check=False):
     """Runs main.py (or a `launcher` script that runs it) to its end.
 
-    Returns the `subprocess.CompletedProcess`; `env` adds to this process's environment.
+    Returns the `subprocess.CompletedProcess`. `env` adds to this process's environment,
+    `drop_env` names variables to leave out of it; with `check`, a failed run raises
+    with the end of its stderr.
     """
-    return subprocess.run(
+    environment = {key: value for key, value in os.environ.items() if key not in drop_env}
+    result = subprocess.run(
         [sys.executable, launcher or MAIN, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=None if env is None else {**os.environ, **env},
+        env={**environment, **(env or {})},
     )
+    if check and result.returncode != 0:
+        raise AssertionError(f'main.py {" ".join(args)} failed:\n{result.stderr[-3000:]}')
+    return result
 
 
 # main.py runs that overlap another: most of a short run's time is importing, building
@@ -116,7 +122,12 @@ class Started:
 
 
 def checkpoint_values(prefix):
-    """Every training value in a checkpoint (not the save counter, which counts saves)."""
+    """Every training value in a checkpoint (not the save counter, which counts saves).
+
+    `prefix` may also be a run folder: its newest checkpoint.
+    """
+    if os.path.isdir(os.path.join(prefix, 'checkpoints')):
+        prefix = tf.train.latest_checkpoint(os.path.join(prefix, 'checkpoints'))
     reader = tf.train.load_checkpoint(prefix)
     return {
         name: reader.get_tensor(name)

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from trainer import loop
 from trainer import precision
-from trainer import step as steps
+from trainer import step as step_lib
 from trainer import summaries
 
 
@@ -90,7 +90,9 @@ def _tiny_step(scaler, batch_size=8, input_scale=1.0):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     optimizer.build(model.trainable_variables)
-    train_step = steps.TrainStep(model, optimizer, loss_scaler=scaler, global_batch_size=batch_size)
+    train_step = step_lib.TrainStep(
+        model, optimizer, loss_scaler=scaler, global_batch_size=batch_size
+    )
     rng = np.random.default_rng(1)
     data = tf.data.Dataset.from_tensors(
         (
@@ -153,7 +155,7 @@ def test_float16_training_with_dynamic_scaling_moves_the_loss():
     optimizer = keras.optimizers.SGD(0.1)
     optimizer.build(model.trainable_variables)
     scaler = precision.create_loss_scaler('float16')
-    train_step = steps.TrainStep(model, optimizer, loss_scaler=scaler, global_batch_size=32)
+    train_step = step_lib.TrainStep(model, optimizer, loss_scaler=scaler, global_batch_size=32)
     rng = np.random.default_rng(2)
     images = rng.normal(size=(32, 4)).astype('float32')
     labels = (images[:, 0] > 0).astype('int32') + (images[:, 1] > 0).astype('int32')
@@ -187,7 +189,7 @@ def _underflow_case(compute_dtype, scaler):
         ]
     )
     optimizer = keras.optimizers.SGD(0.1)
-    train_step = steps.TrainStep(model, optimizer, loss_scaler=scaler, global_batch_size=2**14)
+    train_step = step_lib.TrainStep(model, optimizer, loss_scaler=scaler, global_batch_size=2**14)
     rng = np.random.default_rng(4)
     images = (1e-4 * rng.normal(size=(8, 4))).astype('float32')
     labels = np.arange(8) % 3

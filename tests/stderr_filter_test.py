@@ -1,13 +1,11 @@
 """TensorFlow's harmless start-up lines stay off the console; nothing else does."""
 
 import concurrent.futures
-import os
 import re
 import subprocess
 import sys
 
-from main_runs import MAIN
-from main_runs import ROOT
+from main_runs import run_main
 from trainer import stderr_filter
 
 HARMLESS_LINES = [
@@ -56,27 +54,17 @@ def test_filter_drops_only_the_harmless_lines_in_order():
 
 
 def _run(env_change, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
-    env.update(env_change)
-    return subprocess.run(
-        [
-            sys.executable,
-            MAIN,
-            '--synthetic_data',
-            '--model=densenet_bc_10_4',
-            '--image_size=16',
-            '--num_classes=10',
-            '--batch_size=8',
-            '--train_steps=2',
-            '--steps_per_loop=2',
-            f'--model_dir={tmp_path}',
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    args = [
+        '--synthetic_data',
+        '--model=densenet_bc_10_4',
+        '--image_size=16',
+        '--num_classes=10',
+        '--batch_size=8',
+        '--train_steps=2',
+        '--steps_per_loop=2',
+        f'--model_dir={tmp_path}',
+    ]
+    return run_main(args, env=env_change, drop_env=('TF_CPP_MIN_LOG_LEVEL',))
 
 
 def test_a_run_starts_with_its_banner_and_the_lines_come_back_on_request(tmp_path):

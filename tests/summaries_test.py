@@ -32,9 +32,7 @@ from main_runs import checkpoints
 from main_runs import events
 from main_runs import variable_name
 from trainer import loop
-from trainer import optimizers
-from trainer import schedules
-from trainer import step as steps
+from trainer import step as step_lib
 from trainer import summaries
 from trainer.config import RunConfig
 
@@ -68,7 +66,7 @@ def _expected_learning_rate(step, warmup=True):
     """The rate of the step-th update (1-based), which the summary at `step` shows.
 
     Keras optimizers evaluate the schedule at their counter before incrementing it, so
-    the step-th update uses the schedule at step - 1 (see
+    the step-th update uses the schedule at step - 1 (see `tests/schedules_test.py`,
     `test_the_optimizer_applies_the_schedule_at_the_updates_it_has_done`): progress
     (step - 1) / TRAIN_STEPS, and warmup factor ((step - 1) + 1) / WARMUP_STEPS
     (`warmup=False` leaves it out).
@@ -348,29 +346,6 @@ def test_histograms_are_every_trainable_weight_at_each_evaluation(tiny_run):
         assert buckets[-1, 1] == pytest.approx(value.max(), rel=1e-5, abs=1e-7), tag
 
 
-def test_the_optimizer_applies_the_schedule_at_the_updates_it_has_done():
-    # What `learning_rate` at step s means: the s-th update (1-based) moves the weights
-    # by schedule(s - 1) times the gradient. Plain SGD on one dense layer, whose
-    # gradient is written out here: softmax(logits) - one_hot(label), times the input 1.
-    schedule = schedules.EpochSchedule(
-        'cosine', initial_lr=0.5, final_lr=0.01, steps_per_epoch=2, total_steps=4, warmup_steps=3
-    )
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(3, use_bias=False)])
-    optimizer = optimizers.create_optimizer('sgd', schedule, momentum=0.0)
-    optimizer.build(model.trainable_variables)
-    train_step = steps.TrainStep(model, optimizer, global_batch_size=1)
-    image, label = tf.ones([1, 1]), tf.constant([1])
-    kernel = model.trainable_variables[0]
-    for step in range(1, 5):
-        before = kernel.numpy()[0].astype(np.float64)
-        probabilities = np.exp(before - before.max()) / np.exp(before - before.max()).sum()
-        gradient = probabilities - np.eye(3)[1]
-        train_step(image, label)
-        rate = (before - kernel.numpy()[0]) / gradient
-        assert rate == pytest.approx([float(schedule(step - 1))] * 3, rel=1e-4), step
-        assert rate[0] != pytest.approx(float(schedule(step)), rel=1e-2), step
-
-
 def test_train_scalars_follow_from_the_window():
     window = {
         'cross_entropy': 230.0,
@@ -422,13 +397,13 @@ def test_gradient_norm_is_the_global_gradient_norm_on_one_replica():
     model = densenet.create_model('densenet_bc_10_4', num_classes=10, image_size=16)
     images = tf.random.stateless_normal([4, 16, 16, 3], seed=[1, 2])
     labels = tf.constant([0, 3, 5, 9])
-    decay = steps.decayed_variables(model)
+    decay = step_lib.decayed_variables(model)
     with tf.GradientTape() as tape:
         logits = model(images, training=True)
         cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
-        loss = tf.reduce_sum(cross_entropy) / 4 + steps.l2_term(decay, 1e-4)
+        loss = tf.reduce_sum(cross_entropy) / 4 + step_lib.l2_term(decay, 1e-4)
     expected = tf.linalg.global_norm(tape.gradient(loss, model.trainable_variables))
-    train_step = steps.TrainStep(
+    train_step = step_lib.TrainStep(
         model,
         keras.optimizers.SGD(0.0),
         global_batch_size=4,
@@ -444,7 +419,7 @@ def test_input_wait_counts_the_time_blocked_on_the_pipeline():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2)])
     optimizer = keras.optimizers.SGD(0.0)
     optimizer.build(model.trainable_variables)
-    train_step = steps.TrainStep(model, optimizer, global_batch_size=1)
+    train_step = step_lib.TrainStep(model, optimizer, global_batch_size=1)
     train_loop = loop.make_train_loop(strategy, train_step, measure_input_wait=True)
 
     def slow(index):

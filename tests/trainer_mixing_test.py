@@ -14,11 +14,11 @@ import pytest
 import tensorflow as tf
 
 import densenet
-from input_pipeline import dataset as datasets
+from input_pipeline import dataset as dataset_lib
 from main_runs import checkpoints
 from main_runs import run_mains
 from trainer import checkpoint as checkpoint_lib
-from trainer import step as steps
+from trainer import step as step_lib
 
 _DEMO = ['--flagfile=demo.cfg', '--prepare_digits_demo=false']
 _STEPS = 20
@@ -33,13 +33,13 @@ def _validation_loss(digits_dir, prefix):
     model = densenet.create_model('densenet_bc_22_12', num_classes=10, image_size=32)
     checkpoint_lib.restore_weights(model, prefix)
     files = sorted(tf.io.gfile.glob(os.path.join(digits_dir, 'validation-*')))
-    batches = datasets.eval_dataset(
+    batches = dataset_lib.eval_dataset(
         files, batch_size=100, image_size=32, num_classes=10, num_examples=300, crop_fraction=1.0
     )
     total = count = 0.0
     for images, labels, weights in batches:
         logits = model(images, training=True)
-        total += float(tf.reduce_sum(steps.cross_entropy_loss(labels, logits) * weights))
+        total += float(tf.reduce_sum(step_lib.cross_entropy_loss(labels, logits) * weights))
         count += float(tf.reduce_sum(weights))
     assert count == 300
     return total / count
@@ -97,8 +97,8 @@ def test_step_takes_class_ids_and_target_distributions_alike():
     targets = tf.one_hot(ids, 3)
     for eps in (0.0, 0.1):
         np.testing.assert_allclose(
-            steps.cross_entropy_loss(ids, logits, eps),
-            steps.cross_entropy_loss(targets, logits, eps),
+            step_lib.cross_entropy_loss(ids, logits, eps),
+            step_lib.cross_entropy_loss(targets, logits, eps),
             rtol=1e-6,
         )
     # Smoothing after mixing equals timm's smoothing before it (both are affine).
@@ -107,6 +107,6 @@ def test_step_takes_class_ids_and_target_distributions_alike():
         tf.one_hot([1, 0], 3) * 0.9 + 0.1 / 3
     )
     expected = -tf.reduce_sum(timm * tf.nn.log_softmax(logits), axis=-1)
-    np.testing.assert_allclose(steps.cross_entropy_loss(mixed, logits, 0.1), expected, rtol=1e-6)
+    np.testing.assert_allclose(step_lib.cross_entropy_loss(mixed, logits, 0.1), expected, rtol=1e-6)
     # Top-k counts hits of the dominant source class.
-    np.testing.assert_array_equal(steps.reference_classes(mixed), [0, 2])
+    np.testing.assert_array_equal(step_lib.reference_classes(mixed), [0, 2])

@@ -1,4 +1,4 @@
-"""Tests of the step, the loop, schedules, optimizers and weight averaging.
+"""Tests of the step, the loop, optimizers and weight averaging.
 
 Each is checked against an independent reference: a formula written out in NumPy, or
 a second code path (one big batch against micro-batches, one loop call against
@@ -18,101 +18,7 @@ import tensorflow as tf
 from trainer import ema
 from trainer import loop
 from trainer import optimizers
-from trainer import schedules
-from trainer import step as steps
-from trainer.config import RunConfig
-
-# --- Schedules. ----------------------------------------------------------------
-
-SPE, TOTAL, INITIAL, FINAL = 10, 900, 0.05, 1e-5
-PROBES = (0, 1, 9, 10, 299, 300, 301, 450, 599, 600, 799, 800, 899, 900)
-
-
-def _check(schedule, expected_fn):
-    for step in PROBES:
-        expected = expected_fn(step)
-        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-7 * INITIAL), step
-
-
-def test_piecewise_schedule_matches_formula():
-    boundaries, values = (30, 60, 80), (0.1, 0.01, 0.001, 0.0001)
-    schedule = schedules.EpochSchedule(
-        'piecewise',
-        initial_lr=INITIAL,
-        final_lr=FINAL,
-        steps_per_epoch=SPE,
-        total_steps=TOTAL,
-        boundaries=boundaries,
-        values=values,
-    )
-    _check(schedule, lambda step: values[sum(step / SPE >= b for b in boundaries)])
-
-
-def test_piecewise_default_values_decay_tenfold():
-    schedule = schedules.EpochSchedule(
-        'piecewise',
-        initial_lr=INITIAL,
-        final_lr=FINAL,
-        steps_per_epoch=SPE,
-        total_steps=TOTAL,
-        boundaries=(2.5, 45),
-    )
-    # Fractional boundaries: epoch 2.5 is step 25.
-    assert float(schedule(24)) == pytest.approx(INITIAL)
-    assert float(schedule(25)) == pytest.approx(INITIAL * 0.1)
-    assert float(schedule(450)) == pytest.approx(INITIAL * 0.01)
-
-
-@pytest.mark.parametrize('name', ['steps', 'piecewise', 'linear', 'exponential', 'cosine'])
-def test_warmup_multiplies_every_schedule_by_a_linear_ramp(name):
-    kwargs = dict(
-        initial_lr=INITIAL,
-        final_lr=FINAL,
-        steps_per_epoch=SPE,
-        total_steps=TOTAL,
-        boundaries=(30, 60),
-    )
-    plain = schedules.EpochSchedule(name, **kwargs)
-    warm = schedules.EpochSchedule(name, warmup_steps=50, **kwargs)
-    _check(warm, lambda step: float(plain(step)) * min(1.0, (step + 1) / 50))
-    assert float(warm(0)) == pytest.approx(float(plain(0)) / 50)
-
-
-def test_schedule_from_config_scales_linearly_with_the_global_batch():
-    config = RunConfig(
-        lr_sched='cosine', initial_lr=0.1, final_lr=0.001, lr_scaling='linear', warmup_epochs=0.5
-    )
-    schedule = schedules.from_config(
-        config, steps_per_epoch=SPE, total_steps=TOTAL, global_batch=1024
-    )
-    assert schedule.initial_lr == pytest.approx(0.4) and schedule.final_lr == pytest.approx(0.004)
-    assert schedule.warmup_steps == 5
-    progress = 100 / TOTAL
-    expected = 0.004 + (0.4 - 0.004) * 0.5 * (1 + math.cos(math.pi * progress))
-    assert float(schedule(100)) == pytest.approx(expected, rel=1e-5)
-    unscaled = schedules.from_config(
-        RunConfig(lr_sched='steps', initial_lr=0.1),
-        steps_per_epoch=SPE,
-        total_steps=TOTAL,
-        global_batch=1024,
-    )
-    assert float(unscaled(0)) == pytest.approx(0.1)
-
-
-@pytest.mark.parametrize(
-    'kwargs,match',
-    [
-        (dict(name='piecewise'), 'lr_boundaries'),
-        (dict(name='piecewise', boundaries=(10, 5)), 'lr_boundaries'),
-        (dict(name='piecewise', boundaries=(10,), values=(1.0,)), 'lr_values'),
-    ],
-)
-def test_bad_piecewise_schedules_are_refused(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        schedules.EpochSchedule(
-            initial_lr=1, final_lr=0, steps_per_epoch=1, total_steps=1, **kwargs
-        )
-
+from trainer import step as step_lib
 
 # --- Optimizers against their update formulas. ---------------------------------
 
@@ -122,7 +28,7 @@ def _two_updates(name, **kwargs):
     kernel = tf.Variable([[1.0, -2.0], [0.5, 3.0]])
     bias = tf.Variable([0.25, -0.5])
     optimizer = optimizers.create_optimizer(
-        name, 0.1, variables=[kernel, bias], decayed=[kernel], **kwargs
+        name, 0.1, variables=[kernel, bias], decayed_variables=[kernel], **kwargs
     )
     optimizer.build([kernel, bias])
     gradients = [
@@ -223,9 +129,9 @@ def test_label_smoothing_matches_formula():
     targets = np.full((5, 4), eps / 4) + (1 - eps) * np.eye(4)[labels]
     log_softmax = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
     expected = -np.sum(targets * log_softmax, axis=1)
-    got = steps.cross_entropy_loss(tf.constant(labels), tf.constant(logits), eps)
+    got = step_lib.cross_entropy_loss(tf.constant(labels), tf.constant(logits), eps)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
-    plain = steps.cross_entropy_loss(tf.constant(labels), tf.constant(logits))
+    plain = step_lib.cross_entropy_loss(tf.constant(labels), tf.constant(logits))
     np.testing.assert_allclose(plain.numpy(), -log_softmax[np.arange(5), labels], rtol=1e-5)
 
 
@@ -248,18 +154,18 @@ def _data(batch, steps_count=3):
     return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
 
 
-def _train(batch, *, accumulation_steps=1, calls=(3,), jit_compile=False, weight_average=False):
+def _train(batch, *, grad_accum_steps=1, calls=(3,), jit_compile=False, weight_average=False):
     model = _mlp()
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     optimizer.build(model.trainable_variables)
     average = ema.WeightAverage(model, 0.5) if weight_average else None
-    train_step = steps.TrainStep(
+    train_step = step_lib.TrainStep(
         model,
         optimizer,
         global_batch_size=batch,
         weight_decay=1e-2,
         label_smoothing=0.1,
-        accumulation_steps=accumulation_steps,
+        grad_accum_steps=grad_accum_steps,
         weight_average=average,
     )
     train_loop = loop.make_train_loop(
@@ -278,7 +184,7 @@ def _assert_same_weights(a, b, **tolerance):
 
 def test_gradient_accumulation_equals_the_whole_batch():
     whole, whole_totals, _ = _train(16)
-    accumulated, accumulated_totals, _ = _train(16, accumulation_steps=4)
+    accumulated, accumulated_totals, _ = _train(16, grad_accum_steps=4)
     _assert_same_weights(whole, accumulated, rtol=1e-5, atol=1e-6)
     for key in ('cross_entropy', 'l2', 'top1', 'count'):
         assert float(accumulated_totals[0][key]) == pytest.approx(
@@ -311,10 +217,11 @@ def test_weight_average_follows_its_formula_and_is_swapped_in(tmp_path):
     optimizer = keras.optimizers.SGD(0.1)
     optimizer.build(model.trainable_variables)
     average = ema.WeightAverage(model, 0.75)
-    train_step = steps.TrainStep(model, optimizer, global_batch_size=8, weight_average=average)
+    train_step = step_lib.TrainStep(model, optimizer, global_batch_size=8, weight_average=average)
     expected = [w.numpy().astype(np.float64) for w in model.weights]
     for images, labels in _data(8):
-        train_step(images, labels)
+        gradients, _ = train_step.gradients(images, labels)
+        train_step.apply(gradients)
         expected = [0.75 * e + 0.25 * w.numpy() for e, w in zip(expected, model.weights)]
     for got, want in zip(average.averages, expected):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-7)
@@ -342,7 +249,7 @@ def test_weight_average_in_the_loop_matches_the_step():
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     optimizer.build(model.trainable_variables)
     average = ema.WeightAverage(model, 0.5)
-    train_step = steps.TrainStep(
+    train_step = step_lib.TrainStep(
         model,
         optimizer,
         global_batch_size=8,
@@ -351,7 +258,8 @@ def test_weight_average_in_the_loop_matches_the_step():
         weight_average=average,
     )
     for images, labels in _data(8):
-        train_step(images, labels)
+        gradients, _ = train_step.gradients(images, labels)
+        train_step.apply(gradients)
     for a, b in zip(looped_average.averages, average.averages):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 

@@ -2,11 +2,8 @@
 
 import concurrent.futures
 import json
-import math
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,57 +14,29 @@ from main_runs import Started
 from main_runs import assert_identical
 from main_runs import checkpoint_values
 from main_runs import checkpoints
+from main_runs import run_main
 from main_runs import start_main
-from trainer import run
-from trainer import schedules
-from trainer import step as steps
+from trainer import evaluation
+from trainer import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_l2_term_matches_formula_and_skips_batch_norm():
     model = densenet.create_model('densenet_bc_10_4', num_classes=10, image_size=32)
-    variables = steps.decayed_variables(model)
+    variables = step_lib.decayed_variables(model)
     kernels = [w for w in model.weights if 'kernel' in w.name]
     assert len(variables) == len(kernels) > 0
     assert not any('gamma' in v.name or 'beta' in v.name or 'bias' in v.name for v in variables)
     expected = (
         0.5 * 1e-4 * sum(float(np.sum(np.square(w.numpy().astype(np.float64)))) for w in kernels)
     )
-    assert float(steps.l2_term(variables, 1e-4)) == pytest.approx(expected, rel=1e-5)
+    assert float(step_lib.l2_term(variables, 1e-4)) == pytest.approx(expected, rel=1e-5)
     # Its gradient is wd * w: the paper's (and PyTorch's) weight decay.
     with tf.GradientTape() as tape:
-        term = steps.l2_term(variables, 1e-4)
+        term = step_lib.l2_term(variables, 1e-4)
     gradient = tape.gradient(term, variables[0])
     np.testing.assert_allclose(gradient.numpy(), 1e-4 * variables[0].numpy(), rtol=1e-6)
-
-
-@pytest.mark.parametrize('name', ['steps', 'linear', 'exponential', 'cosine'])
-def test_schedule_matches_formula(name):
-    spe, total, initial, final = 10, 900, 0.05, 1e-5
-    schedule = schedules.EpochSchedule(
-        name,
-        initial_lr=initial,
-        final_lr=final,
-        steps_per_epoch=spe,
-        total_steps=total,
-        decay_epochs=30,
-    )
-    for step in (0, 1, 299, 300, 301, 450, 599, 600, 899, 900):
-        epoch, progress = step / spe, step / total
-        expected = {
-            'steps': initial * 0.1 ** (int(epoch) // 30),
-            'linear': initial + (final - initial) * progress,
-            'exponential': initial * (final / initial) ** progress,
-            'cosine': final + (initial - final) * 0.5 * (1 + math.cos(math.pi * progress)),
-        }[name]
-        # float32 arithmetic: relative to the expected value, or to initial_lr near zero.
-        assert float(schedule(step)) == pytest.approx(expected, rel=1e-5, abs=1e-7 * initial), step
-
-
-def test_unknown_schedule_is_refused():
-    with pytest.raises(ValueError, match='lr_sched'):
-        schedules.EpochSchedule('poly', initial_lr=1, final_lr=0, steps_per_epoch=1, total_steps=1)
 
 
 # Whole runs through main.py in subprocesses, on the bundled digits.
@@ -93,27 +62,7 @@ TINY = [
 
 
 def _main(*args, check=True):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'main.py'), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f'main.py {" ".join(args)} failed:\n{result.stderr[-3000:]}')
-    return result
-
-
-def _checkpoint_values(model_dir):
-    reader = tf.train.load_checkpoint(
-        tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
-    )
-    return {
-        name: reader.get_tensor(name)
-        for name in reader.get_variable_to_shape_map()
-        if name.startswith('model/') or name.startswith('optimizer/')
-    }
+    return run_main(args, timeout=600, check=check)
 
 
 def _results(model_dir):
@@ -172,7 +121,7 @@ def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
     assert 'Validation top-1' in result.stdout
     assert f'{precision} compute' in result.stderr
     # Mixed precision keeps float32 weights (and optimizer state) whatever it computes in.
-    values = _checkpoint_values(model_dir)
+    values = checkpoint_values(model_dir)
     floats = {str(value.dtype) for value in values.values() if value.dtype.kind == 'f'}
     assert floats == {'float32'}, precision
     # 1,497 training digits at batch 64: 23 steps in the epoch.
@@ -261,8 +210,8 @@ def test_eval_result_of_a_repeated_step_replaces_the_earlier_row(tmp_path):
         + '\n'
         + '{"epoch": 3, "st'
     )
-    run._append_result(str(tmp_path), {'epoch': 2, 'step': 20, 'top1': 0.75})
-    run._append_result(str(tmp_path), only_eval)
+    evaluation.append_result(str(tmp_path), {'epoch': 2, 'step': 20, 'top1': 0.75})
+    evaluation.append_result(str(tmp_path), only_eval)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(row['step'], row['top1'], 'path' in row) for row in rows] == [
         (10, 0.25, False),

@@ -35,9 +35,9 @@ def banner_lines(
     model: str,
     num_classes: int,
     image_size: int,
-    compute_dtype: str,
+    precision: str,
     strategy: tf.distribute.Strategy,
-    global_batch: int,
+    global_batch_size: int,
     data_description: str,
     steps_per_epoch: int,
     total_steps: int,
@@ -50,9 +50,9 @@ def banner_lines(
       model: the model's name.
       num_classes: width of the classifier.
       image_size: input side in pixels.
-      compute_dtype: the compute dtype, e.g. 'bfloat16'.
+      precision: the compute dtype, e.g. 'bfloat16'.
       strategy: the run's strategy.
-      global_batch: examples per step over all replicas.
+      global_batch_size: examples per step over all replicas.
       data_description: the data found: folder, layout, files and examples.
       steps_per_epoch: global steps in one epoch.
       total_steps: the global step the run ends at.
@@ -64,11 +64,11 @@ def banner_lines(
     name = 'default' if strategy is tf.distribute.get_strategy() else type(strategy).__name__
     return [
         f'Model: {model}, {num_classes} classes, {image_size}x{image_size} images, '
-        f'{compute_dtype} compute',
+        f'{precision} compute',
         f'TensorFlow {tf.__version__}, Keras {keras.__version__}',
         f'Devices: {device_summary()}',
         f'Strategy: {name}, {replicas} replica{"s" * (replicas != 1)}, '
-        f'global batch {global_batch} ({global_batch // replicas} per replica)',
+        f'global batch {global_batch_size} ({global_batch_size // replicas} per replica)',
         f'Data: {data_description}',
         f'Steps: {steps_per_epoch} per epoch, {total_steps} in all '
         f'({total_steps / steps_per_epoch:.4g} epochs), starting at step {start_step}',

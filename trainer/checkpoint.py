@@ -28,8 +28,9 @@ from typing import List, Optional, Sequence, Tuple
 from absl import logging
 import tensorflow as tf
 
-from trainer import nonfinite
 from trainer import errors
+from trainer import h5_weights
+from trainer import nonfinite
 
 # Errors that mean a checkpoint's files are damaged or missing, rather than that the
 # checkpoint belongs to another model (a ValueError or AssertionError, which falling
@@ -41,15 +42,6 @@ _DAMAGED = (tf.errors.OpError, IndexError)
 
 UNUSABLE_FOLDER = 'unusable'
 _PREFIX = 'ckpt'
-
-
-class CheckpointError(errors.UserError):
-    """No usable checkpoint, or one that does not fit the model; printed as one line."""
-
-
-def _first_line(error: BaseException) -> str:
-    message = getattr(error, 'message', None) or str(error) or type(error).__name__
-    return ' '.join(message.strip().split('\n')[0].split())
 
 
 def _variables_of(trackable) -> List[tf.Variable]:
@@ -182,7 +174,7 @@ class CheckpointState:
         and retention see a consistent folder.
 
         Raises:
-          CheckpointError: there are checkpoints but none is usable, or the newest
+          errors.CheckpointError: there are checkpoints but none is usable, or the newest
             usable one does not fit the model (another --model or --num_classes).
         """
         prefixes, stamps, from_state = list_checkpoints(self.root)
@@ -200,14 +192,14 @@ class CheckpointState:
                 logging.warning(
                     'Checkpoint %s is unusable (%s); falling back to the previous one',
                     prefix,
-                    _first_line(error),
+                    errors.one_line(error),
                 )
-                damaged.append((prefix, _first_line(error)))
+                damaged.append((prefix, errors.one_line(error)))
                 continue
             except (AssertionError, ValueError) as error:
-                raise CheckpointError(
+                raise errors.CheckpointError(
                     f'checkpoint {prefix} does not fit this model (check --model and '
-                    f'--num_classes): {_first_line(error)}'
+                    f'--num_classes): {errors.one_line(error)}'
                 ) from None
             if self.chief and (damaged or not from_state):
                 kept = [(p, s) for p, s in zip(prefixes, stamps) if p not in dict(damaged)]
@@ -217,7 +209,7 @@ class CheckpointState:
             return prefix
         if damaged:
             reasons = '; '.join(f'{os.path.basename(p)}: {why}' for p, why in damaged)
-            raise CheckpointError(
+            raise errors.CheckpointError(
                 f'no usable checkpoint in {self.root} ({reasons}); move the folder away '
                 'to start afresh'
             )
@@ -270,7 +262,7 @@ def restore_weights(model, path: str) -> str:
 
     Raises:
       FileNotFoundError: no checkpoint is found at `path`.
-      CheckpointError: the checkpoints are damaged or do not fit the model.
+      errors.CheckpointError: the checkpoints are damaged or do not fit the model.
     """
     candidates = [path]
     for folder in (path, os.path.join(path, 'checkpoints')):
@@ -289,14 +281,14 @@ def restore_weights(model, path: str) -> str:
             ).expect_partial().assert_existing_objects_matched()
             return prefix
         except _DAMAGED as error:
-            logging.warning('Checkpoint %s is unusable (%s)', prefix, _first_line(error))
-            problems.append(f'{os.path.basename(prefix)}: {_first_line(error)}')
+            logging.warning('Checkpoint %s is unusable (%s)', prefix, errors.one_line(error))
+            problems.append(f'{os.path.basename(prefix)}: {errors.one_line(error)}')
         except (AssertionError, ValueError) as error:
-            raise CheckpointError(
+            raise errors.CheckpointError(
                 f'checkpoint {prefix} does not fit this model (check --model and '
-                f'--num_classes): {_first_line(error)}'
+                f'--num_classes): {errors.one_line(error)}'
             ) from None
-    raise CheckpointError(f'no usable checkpoint at {path} ({"; ".join(problems)})')
+    raise errors.CheckpointError(f'no usable checkpoint at {path} ({"; ".join(problems)})')
 
 
 def load_initial_weights(model, path: str) -> str:
@@ -309,13 +301,11 @@ def load_initial_weights(model, path: str) -> str:
 
     Raises:
       FileNotFoundError: nothing at `path`.
-      CheckpointError: the weights do not fit the model, naming the file.
+      errors.CheckpointError: the weights do not fit the model, naming the file.
     """
     if path.endswith(('.h5', '.hdf5')) or (
         tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
     ):
-        from trainer import h5_weights  # pylint: disable=g-import-not-at-top
-
         h5_weights.load_h5_weights(model, path)
         return path
     return restore_weights(model, path)

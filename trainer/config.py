@@ -1,100 +1,418 @@
 """The run's configuration: one frozen object that every module below `main.py` reads.
 
-`main.py` turns flags into a `RunConfig`; nothing else parses flags, so the trainer
-can be driven from a test or a notebook with plain keyword arguments.
+Each field is a flag of `main.py` under the same name, with its default and help
+text defined here once: `main.py` derives the flags from these fields, and
+`RunConfig(...)` validates its values on construction. So a config built in Python
+(a notebook, a test) gets the same checks and the same one-line errors as the
+command line, and a default cannot differ between the two.
+
+Nothing here imports TensorFlow: a mistyped command fails before it is loaded.
 """
 
 import dataclasses
-from typing import Optional, Tuple
+import json
+import os
+from typing import Optional, Sequence, Tuple
+
+from trainer import errors
+from trainer import gaudi
+
+# The values a choice flag accepts. The modules that implement them raise on any
+# other (trainer/optimizers.py, schedules.py, precision.py, distribute.py,
+# input_pipeline/formats.py) and take these tuples from here, so that `main.py` can
+# offer the choices without importing TensorFlow.
+OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop')
+SCHEDULES = ('steps', 'piecewise', 'linear', 'exponential', 'cosine')
+LR_SCALINGS = ('none', 'linear')
+PRECISIONS = ('float32', 'bfloat16', 'float16')
+STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu', 'hpu')
+DEVICES = ('auto', 'cpu', 'gpu', 'tpu', 'hpu')
+LAYOUTS = ('slim', 'tpu', 'tfds')
+
+# The fields that shape a run's checkpoints: a model_dir that holds a run with other
+# values cannot be resumed with these. (--memory_efficient keeps the weights but nests
+# the dense layers differently, so the checkpoints' object paths differ.)
+RUN_IDENTITY = ('model', 'image_size', 'num_classes', 'memory_efficient')
+
+
+class ConfigError(errors.UserError):
+    """A value or combination of values that cannot work; names the flag."""
+
+
+def _option(default, help_text: str, *, choices: Optional[Sequence[str]] = None):
+    return dataclasses.field(default=default, metadata={'help': help_text, 'choices': choices})
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything a training or evaluation run depends on.
 
-    Defaults are the seed's recipe (`imagenet.cfg`), except where noted.
+    Defaults are the seed's recipe (`imagenet.cfg`), except where a help text says.
     """
 
-    # Where the data is and where everything the run writes goes.
-    dataset_dir: str = ''
-    model_dir: str = ''
-    synthetic_data: bool = False
-    # The model.
-    model: str = 'densenet121'
-    num_classes: int = 1000
-    image_size: int = 224
-    dropout_rate: float = 0.0  # The seed's default; the paper used 0.2 only without augmentation.
-    batch_norm_momentum: float = 0.99  # Keras Applications; the paper's Torch code: 0.9.
-    bfloat16: bool = True  # bf16 compute, float32 variables and logits.
-    # float32, bfloat16 or float16; '' follows `bfloat16` (the seed's flag, its alias).
-    precision: str = ''
-    # 'auto': dynamic for float16 (2^15, x2 after 2,000 finite steps), 1 otherwise;
-    # 'dynamic'; or a fixed positive number.
-    loss_scale: str = 'auto'
-    # Recompute BN-ReLU-conv in dense layers in the backward pass: less memory, more time.
-    memory_efficient: bool = False
-    # Data and augmentation.
-    # 'auto' or slim, tpu, tfds (input_pipeline/formats.py): how the TFRecords are laid out.
-    data_layout: str = 'auto'
-    # None: from the records (TF-slim and TPU labels are 1..1000, TFDS's 0..999).
-    label_offset: Optional[int] = None
-    crop_area_range: Tuple[float, float] = (0.08, 1.0)  # Inception crop (Szegedy et al.).
-    crop_aspect_range: Tuple[float, float] = (0.75, 4.0 / 3.0)
-    random_flip: bool = True
-    eval_crop_fraction: float = 0.875  # 224/256, the usual single-crop evaluation.
-    shuffle_buffer: int = 10000
-    # Optional augmentation, all off by default (the seed's recipe).
-    color_jitter: float = 0.0  # fb.resnet.torch (the paper's code): 0.4.
-    pca_lighting: float = 0.0  # fb.resnet.torch: 0.1.
-    randaugment_layers: int = 0  # timm's DenseNet recipe: 2 layers at magnitude 9.
-    randaugment_magnitude: float = 9.0
-    mixup_alpha: float = 0.0  # > 0 (timm: 0.2-0.8): soft labels [batch, num_classes].
-    cutmix_alpha: float = 0.0  # > 0 (timm: 1.0): soft labels too.
-    skip_bad_records: bool = False  # Skip (and count) damaged records instead of stopping.
+    # Data and output.
+    dataset_dir: str = _option('', 'Folder of ImageNet TFRecords (train-*, validation-*).')
+    model_dir: str = _option('', 'Everything the run writes goes below this folder.')
+    synthetic_data: bool = _option(False, 'Random images of the right shape, for speed runs.')
+    prepare_digits_demo: bool = _option(
+        False,
+        "Write scikit-learn's bundled digits as TFRecords into --dataset_dir first "
+        '(once; the demo uses it).',
+    )
+    # Model.
+    model: str = _option(
+        'densenet121',
+        'densenet121, -169, -201, -161, -264, or densenet_bc_DEPTH_GROWTH for small images.',
+    )
+    num_classes: int = _option(1000, 'Number of classes.')
+    image_size: int = _option(224, 'Input side in pixels.')
+    dropout_rate: float = _option(
+        0.0,
+        'Dropout after each conv in dense blocks (paper: 0.2 without augmentation; 0 for '
+        'ImageNet).',
+    )
+    batch_norm_momentum: float = _option(
+        0.99,
+        "Decay of batch-norm moving statistics (Keras Applications' 0.99; the paper's Torch "
+        'code used 0.9, better for small data sets with few steps).',
+    )
+    bfloat16: bool = _option(
+        True, 'bf16 compute with float32 variables and logits (alias of --precision).'
+    )
+    # Resolved on construction: --precision when given, else from --bfloat16.
+    precision: Optional[str] = _option(
+        None,
+        'Compute dtype (variables and logits stay float32). When given it wins over '
+        "--bfloat16, the seed's flag, which otherwise picks bfloat16 (true) or float32 (false).",
+        choices=PRECISIONS,
+    )
+    loss_scale: str = _option(
+        'auto',
+        "Loss scaling: 'auto' (dynamic for float16, none for bfloat16/float32), 'dynamic' "
+        '(2^15, x2 after 2000 finite steps, /2 and skip on overflow), or a fixed number.',
+    )
+    memory_efficient: bool = _option(
+        False,
+        'Recompute BN-ReLU-conv of dense layers in the backward pass: far less activation '
+        'memory for about a fifth more time; the same weights, but checkpoints laid out '
+        'differently, so a run keeps the setting it started with.',
+    )
+    # Data processing.
+    data_layout: str = _option(
+        'auto',
+        'TFRecord layout: slim (train-00000-of-01024 in one folder), tpu (train/ and '
+        'validation/ sub-folders), tfds (imagenet2012-train.tfrecord-*); auto: from file names.',
+        choices=('auto',) + LAYOUTS,
+    )
+    label_offset: Optional[int] = _option(
+        None,
+        'Subtracted from stored labels. Default: from the records (TF-slim and TPU labels are '
+        '1..1000, TFDS labels 0..999).',
+    )
+    skip_bad_records: bool = _option(
+        False,
+        'Skip (and count in the log) truncated TFRecord files and undecodable images '
+        'instead of stopping. A label out of range still stops the run.',
+    )
+    color_jitter: float = _option(
+        0.0, 'Brightness/contrast/saturation jitter, 0..0.99 (fb.resnet.torch: 0.4).'
+    )
+    pca_lighting: float = _option(0.0, 'PCA lighting noise std (AlexNet, fb.resnet.torch: 0.1).')
+    randaugment_layers: int = _option(
+        0, 'RandAugment operations per image (timm recipe: 2); 0: off.'
+    )
+    randaugment_magnitude: float = _option(9.0, 'RandAugment magnitude, 0..10 (timm recipe: 9).')
+    mixup_alpha: float = _option(
+        0.0, 'Mixup Beta(alpha, alpha) (timm: 0.2-0.8); > 0 makes labels soft.'
+    )
+    cutmix_alpha: float = _option(
+        0.0,
+        'CutMix Beta(alpha, alpha) (timm: 1.0); > 0 makes labels soft; with mixup, a coin '
+        'picks one per batch.',
+    )
+    crop_area_range: Tuple[float, float] = _option(
+        (0.08, 1.0), 'Random-resized-crop area fraction range (Inception crop).'
+    )
+    crop_aspect_range: Tuple[float, float] = _option(
+        (0.75, 1.3333333), 'Random-resized-crop aspect range.'
+    )
+    random_flip: bool = _option(True, 'Random left-right flips in training.')
+    eval_crop_fraction: float = _option(0.875, 'Central crop fraction for evaluation (224/256).')
+    shuffle_buffer: int = _option(10000, 'Examples in the training shuffle buffer.')
     # Optimisation.
-    batch_size: int = 64  # Per replica, as the seed.
-    epochs: int = 90
-    train_steps: int = 0  # When > 0, stop after this many global steps in total.
-    optimizer: str = 'sgd'
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4  # Coefficient of w in the gradient (L2 term wd/2*|w|^2).
-    lr_sched: str = 'steps'
-    initial_lr: float = 5e-2
-    final_lr: float = 1e-5
-    lr_decay_epochs: int = 30  # `steps` schedule: lr * 0.1 every this many epochs.
-    lr_boundaries: Tuple[float, ...] = ()  # `piecewise` schedule: epochs where lr changes.
-    lr_values: Tuple[float, ...] = ()  # `piecewise`: one more than boundaries (or 0.1x steps).
-    warmup_epochs: float = 0.0  # Linear warmup from 0 over this many epochs (Goyal et al.).
-    lr_scaling: str = 'none'  # 'linear': learning rates x global batch / 256.
-    label_smoothing: float = 0.0  # 0.1 is the usual ImageNet value; the paper used none.
-    ema_decay: float = 0.0  # Weight averaging for eval/export, e.g. 0.9999; 0: off.
-    grad_accum_steps: int = 1  # Split each replica's batch into this many micro-batches.
-    # Loop, cadence and output.
-    steps_per_loop: int = 100
-    log_every_steps: int = 100
-    checkpoint_every_steps: int = 1000
-    keep_checkpoints: int = 5
-    save_every_epoch: bool = True
-    # Weights only (fine-tuning), when model_dir has no checkpoint yet: a checkpoint
-    # or a Keras .h5 weights file.
-    init_checkpoint: Optional[str] = None
-    # Loss scaling skips overflowing steps; a dynamic scale starting at 2^15 needs about
-    # 15 skips to settle, so 50 in a row means divergence. 0: no limit.
-    max_skipped_steps: int = 50
-    histograms: bool = False  # Weight histograms at each evaluation: large event files.
-    profile_steps: Optional[Tuple[int, int]] = None  # Profiler trace of steps A..B.
+    batch_size: int = _option(64, 'Batch size per replica.')
+    epochs: int = _option(90, 'Epochs to train.')
+    train_steps: int = _option(0, 'When > 0, stop after this many global steps in total.')
+    optimizer: str = _option(
+        'sgd',
+        'Optimizer. adamw decays weights itself (decoupled, lr * weight_decay * w; try '
+        '--weight_decay=0.05); the others get the L2 term in the loss.',
+        choices=OPTIMIZERS,
+    )
+    momentum: float = _option(0.9, 'Momentum of SGD and RMSprop.')
+    nesterov: bool = _option(False, 'Nesterov momentum for SGD (the paper used it).')
+    weight_decay: float = _option(
+        1e-4,
+        'L2 coefficient of w in the gradient (loss gains wd/2*|w|^2); conv and dense kernels only.',
+    )
+    lr_sched: str = _option(
+        'steps',
+        'Learning-rate schedule; steps: initial_lr * 0.1^(epoch // lr_decay_epochs); '
+        'piecewise: --lr_values between --lr_boundaries.',
+        choices=SCHEDULES,
+    )
+    initial_lr: float = _option(5e-2, 'Initial learning rate.')
+    final_lr: float = _option(1e-5, 'Final learning rate (linear, exponential, cosine).')
+    lr_decay_epochs: int = _option(30, 'Epochs between 10x decays of the steps schedule.')
+    lr_boundaries: Tuple[float, ...] = _option(
+        (), 'piecewise: epochs at which the learning rate changes, e.g. 30,60,80.'
+    )
+    lr_values: Tuple[float, ...] = _option(
+        (), 'piecewise: learning rates, one more than --lr_boundaries (default initial_lr x 0.1^i).'
+    )
+    warmup_epochs: float = _option(
+        0.0, 'Linear learning-rate warmup from 0 over this many epochs (Goyal et al.).'
+    )
+    lr_scaling: str = _option(
+        'none',
+        'linear: every learning rate x global batch / 256 (the flags give the rates of batch 256).',
+        choices=LR_SCALINGS,
+    )
+    label_smoothing: float = _option(
+        0.0, 'Label smoothing eps (0.1 is usual on ImageNet; the paper used 0).'
+    )
+    ema_decay: float = _option(
+        0.0,
+        'Exponential moving average of the weights, used for evaluation and export, e.g. '
+        '0.9999; 0 turns it off.',
+    )
+    grad_accum_steps: int = _option(
+        1,
+        'Compute each replica batch as this many micro-batches and apply their summed '
+        'gradient once: the update of --batch_size at the activation memory of batch_size/N.',
+    )
+    # Loop and output cadence.
+    steps_per_loop: int = _option(100, 'Train steps run inside one tf.function call.')
+    log_every_steps: int = _option(100, 'Steps between train summaries and log lines.')
+    checkpoint_every_steps: int = _option(1000, 'Steps between checkpoints (also at epoch ends).')
+    keep_checkpoints: int = _option(5, 'Checkpoints kept.')
+    init_checkpoint: Optional[str] = _option(
+        None,
+        'Start from these weights only (fine-tuning; the optimizer and step start afresh): a '
+        'checkpoint (prefix or folder) or a Keras .h5 weights file. Ignored when --model_dir '
+        'already holds checkpoints, which are resumed instead.',
+    )
+    # A dynamic scale starting at 2^15 needs about 15 skips to settle, so 50 in a row
+    # means divergence.
+    max_skipped_steps: int = _option(
+        50, 'Stop when loss scaling skips more than this many steps in a row (0: no limit).'
+    )
+    save_every_epoch: bool = _option(
+        True, 'Export a SavedModel to saves/epoch_NNN after each epoch.'
+    )
+    histograms: bool = _option(
+        False, 'Weight histograms in TensorBoard at each evaluation (large event files).'
+    )
+    profile_steps: Optional[Tuple[int, int]] = _option(
+        None, 'A,B: profiler trace of train steps A to B (from 1) into logs/train, for TensorBoard.'
+    )
     # Hardware and reproducibility.
-    distribution_strategy: str = 'auto'
-    device: str = 'auto'
-    num_gpus: int = -1  # -1: all visible GPUs.
-    tpu: str = ''
-    jit_compile: bool = False
-    deterministic: bool = False
-    seed: int = 0
+    distribution_strategy: str = _option('auto', 'tf.distribute strategy.', choices=STRATEGIES)
+    device: str = _option('auto', 'Device kind.', choices=DEVICES)
+    num_gpus: int = _option(-1, 'GPUs to use; -1 for all visible.')
+    tpu: str = _option('', 'TPU name or address for TPUClusterResolver.')
+    jit_compile: bool = _option(False, 'XLA-compile the train step.')
+    deterministic: bool = _option(False, 'Bit-reproducible runs (TF op determinism).')
+    seed: int = _option(0, 'Seed of weights, data order and augmentation.')
     # Evaluation only.
-    only_eval: Optional[str] = None
+    only_eval: Optional[str] = _option(
+        None, 'Evaluate this checkpoint (prefix or folder) or SavedModel and exit.'
+    )
 
-    @property
-    def compute_dtype(self) -> str:
-        return self.precision or ('bfloat16' if self.bfloat16 else 'float32')
+    def __post_init__(self):
+        # Sequences from the command line arrive as lists of strings.
+        set_field = lambda name, value: object.__setattr__(self, name, value)
+        set_field('crop_area_range', _range('crop_area_range', self.crop_area_range))
+        set_field('crop_aspect_range', _range('crop_aspect_range', self.crop_aspect_range))
+        set_field('lr_boundaries', _numbers('lr_boundaries', self.lr_boundaries))
+        set_field('lr_values', _numbers('lr_values', self.lr_values))
+        set_field('profile_steps', _profile_steps(self.profile_steps))
+        # --precision wins over --bfloat16 (the seed's flag); both are set to agree, so
+        # that flags.cfg holds a consistent pair and a restart from it is the same run.
+        precision = self.precision or ('bfloat16' if self.bfloat16 else 'float32')
+        set_field('precision', precision)
+        set_field('bfloat16', precision == 'bfloat16')
+        _check_values(self)
+
+    def check_run(self) -> None:
+        """Raises ConfigError unless the folders, files and devices the run names exist.
+
+        Apart from construction, so that a config can be built (for a schedule, a model)
+        without data; `main.py` calls it before TensorFlow is loaded, and
+        `trainer/run.py` again for configs built in Python.
+        """
+        if self.only_eval and self.train_steps:
+            raise ConfigError(
+                '--only_eval evaluates and exits; it cannot be combined with --train_steps'
+            )
+        if not self.synthetic_data and not self.dataset_dir:
+            raise ConfigError('--dataset_dir is required (or --synthetic_data for speed runs)')
+        if (
+            self.dataset_dir
+            and not self.prepare_digits_demo
+            and is_local(self.dataset_dir)
+            and not os.path.isdir(self.dataset_dir)
+        ):
+            raise ConfigError(f'--dataset_dir={self.dataset_dir} does not exist')
+        if not self.model_dir and not self.only_eval:
+            raise ConfigError('--model_dir is required for training')
+        if self.only_eval and not _exists(self.only_eval):
+            raise ConfigError(f'--only_eval={self.only_eval}: no such checkpoint or SavedModel')
+        _check_environment(self)
+        if self.init_checkpoint and not _exists(self.init_checkpoint):
+            raise ConfigError(
+                f'--init_checkpoint={self.init_checkpoint}: no such checkpoint or weights file'
+            )
+
+
+def _numbers(name: str, values, kind=float) -> tuple:
+    if isinstance(values, str):
+        values = [value for value in values.split(',') if value]
+    try:
+        return tuple(kind(value) for value in values)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f'--{name} takes numbers separated by commas, not {",".join(map(str, values))}'
+        ) from None
+
+
+def _range(name: str, values) -> Tuple[float, float]:
+    numbers = _numbers(name, values)
+    if len(numbers) != 2:
+        raise ConfigError(f'--{name} takes two numbers LOW,HIGH, not {",".join(map(str, values))}')
+    low, high = numbers
+    if not 0 < low <= high:
+        raise ConfigError(f'--{name}={low},{high} needs 0 < LOW <= HIGH')
+    return low, high
+
+
+def _profile_steps(values) -> Optional[Tuple[int, int]]:
+    if not values:
+        return None
+    try:
+        first, last = _numbers('profile_steps', values, int)
+    except (ConfigError, ValueError):
+        raise ConfigError(
+            f'--profile_steps takes two step numbers A,B, not {",".join(map(str, values))}'
+        ) from None
+    if not 1 <= first <= last:
+        raise ConfigError(f'--profile_steps={first},{last} needs 1 <= A <= B')
+    return first, last
+
+
+def is_local(path: str) -> bool:
+    """Whether `path` is on this machine's file system (not `gs://...` and the like)."""
+    return '://' not in path
+
+
+def _exists(path: str) -> bool:
+    """A file, folder or checkpoint prefix; remote paths are checked when opened."""
+    return not is_local(path) or os.path.exists(path) or os.path.exists(path + '.index')
+
+
+def _check_values(config: RunConfig) -> None:
+    """Raises ConfigError, naming the flag, for a value or combination that cannot work."""
+    for name, choices in (
+        ('device', DEVICES),
+        ('distribution_strategy', STRATEGIES),
+        ('optimizer', OPTIMIZERS),
+        ('lr_sched', SCHEDULES),
+        ('lr_scaling', LR_SCALINGS),
+        ('precision', PRECISIONS),
+        ('data_layout', ('auto',) + LAYOUTS),
+    ):
+        if getattr(config, name) not in choices:
+            raise ConfigError(
+                f'--{name}={getattr(config, name)!r} is not one of {", ".join(choices)}'
+            )
+    device, strategy = config.device, config.distribution_strategy
+    allowed = {'tpu': ('auto', 'tpu'), 'hpu': ('auto', 'hpu')}
+    if strategy in allowed and device not in allowed[strategy]:
+        raise ConfigError(f'--distribution_strategy={strategy} cannot run on --device={device}')
+    if device in allowed and strategy not in allowed[device] + ('one_device',):
+        raise ConfigError(
+            f'--device={device} needs --distribution_strategy={device} (or one_device, auto), '
+            f'not {strategy}'
+        )
+    for name in (
+        'batch_size',
+        'epochs',
+        'steps_per_loop',
+        'log_every_steps',
+        'checkpoint_every_steps',
+        'keep_checkpoints',
+        'image_size',
+        'num_classes',
+    ):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f'--{name} must be positive, not {getattr(config, name)}')
+    if not 0 < config.eval_crop_fraction <= 1:
+        raise ConfigError(f'--eval_crop_fraction={config.eval_crop_fraction} must be in (0, 1]')
+    for name, low, high in (('color_jitter', 0.0, 0.99), ('randaugment_magnitude', 0.0, 10.0)):
+        if not low <= getattr(config, name) <= high:
+            raise ConfigError(f'--{name}={getattr(config, name)} must be in [{low}, {high}]')
+    for name in ('pca_lighting', 'randaugment_layers', 'mixup_alpha', 'cutmix_alpha'):
+        if getattr(config, name) < 0:
+            raise ConfigError(f'--{name}={getattr(config, name)} must be 0 or more')
+    for name in ('dropout_rate', 'label_smoothing', 'ema_decay'):
+        if not 0 <= getattr(config, name) < 1:
+            raise ConfigError(f'--{name}={getattr(config, name)} must be in [0, 1)')
+    if config.max_skipped_steps < 0:
+        raise ConfigError(f'--max_skipped_steps must be 0 or more, not {config.max_skipped_steps}')
+    _check_training(config)
+
+
+def _check_environment(config: RunConfig) -> None:
+    """The Gaudi software for --device=hpu, and a multi-worker cluster's TF_CONFIG."""
+    # Checked here as well as where the module is loaded: it saves importing TensorFlow.
+    if 'hpu' in (config.device, config.distribution_strategy):
+        gaudi.check_present()
+    tf_config = os.environ.get('TF_CONFIG')
+    if tf_config:
+        try:
+            json.loads(tf_config)
+        except ValueError as error:
+            raise ConfigError(
+                f'the TF_CONFIG environment variable is not valid JSON: {error}'
+            ) from None
+
+
+def _check_training(config: RunConfig) -> None:
+    """The precision, schedule and regularisation values."""
+    if config.loss_scale not in ('auto', 'dynamic'):
+        try:
+            scale = float(config.loss_scale)
+        except ValueError:
+            scale = 0.0
+        if not scale > 0:
+            raise ConfigError(
+                f"--loss_scale={config.loss_scale} must be 'auto', 'dynamic' or a positive number"
+            )
+    if config.grad_accum_steps < 1 or config.batch_size % config.grad_accum_steps:
+        raise ConfigError(
+            f'--grad_accum_steps={config.grad_accum_steps} must be positive and divide '
+            f'--batch_size={config.batch_size}'
+        )
+    if config.warmup_epochs < 0:
+        raise ConfigError(f'--warmup_epochs={config.warmup_epochs} must be 0 or more')
+    boundaries, values = config.lr_boundaries, config.lr_values
+    if config.lr_sched == 'piecewise':
+        if not boundaries or list(boundaries) != sorted(boundaries) or boundaries[0] <= 0:
+            raise ConfigError(
+                '--lr_sched=piecewise needs --lr_boundaries: increasing positive epochs'
+            )
+        if values and len(values) != len(boundaries) + 1:
+            raise ConfigError(
+                f'--lr_values needs {len(boundaries) + 1} values (one more than '
+                f'--lr_boundaries), not {len(values)}'
+            )

@@ -11,11 +11,13 @@ from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
+from trainer import config as config_lib
 from trainer import errors
 from trainer import gaudi
 
-STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu', 'hpu')
-DEVICES = ('auto', 'cpu', 'gpu', 'tpu', 'hpu')
+# The flags' choices, defined with them (trainer/config.py).
+STRATEGIES = config_lib.STRATEGIES
+DEVICES = config_lib.DEVICES
 
 
 class StrategyError(errors.UserError):
@@ -97,9 +99,8 @@ def create_strategy(
         cpus = [device.name for device in tf.config.list_logical_devices('CPU')]
         return tf.distribute.MirroredStrategy(gpus or cpus)
     if not gpus:
-        # On a CPU, OneDeviceStrategy('/cpu:0') ran the same DenseNet step at half the speed
-        # of the default strategy (TF 2.21, 2 cores: 55 vs 115 images/s; see README); the
-        # default strategy is the same single replica without that cost.
+        # On a CPU, OneDeviceStrategy('/cpu:0') ran the same DenseNet step markedly slower
+        # than the default strategy, which is the same single replica without that cost.
         return tf.distribute.get_strategy()
     return tf.distribute.OneDeviceStrategy(gpus[0])
 

@@ -1,14 +1,22 @@
 """The two kinds of failure: a user's mistake, and a bug in the trainer.
 
 `UserError` is a mistake the user can fix: a flag, a file, the data. `main.py` prints
-its message as one line and exits with status 1. Every other exception is a bug:
-`main.py` shows its traceback and says so (`main.py`'s `_report_bug`). Code raises
+its message as one line and exits with status 1 (`exit_with`). Every other exception
+is a bug: `main.py` shows its traceback and says so (`report_bug`). Code raises
 `UserError` (or a subclass) only for causes outside the trainer, with a message
 that names the flag or file.
 
 It is a `ValueError`, so that callers of the library who catch `ValueError` keep
 working.
 """
+
+import contextlib
+import re
+import sys
+import traceback
+from typing import Iterator, NoReturn
+
+from absl import logging
 
 
 class UserError(ValueError):
@@ -17,3 +25,75 @@ class UserError(ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the flags name is not there."""
+
+
+class CheckpointError(UserError):
+    """No usable checkpoint or weights file, or one that does not fit the model."""
+
+
+# What the input pipeline's in-graph checks say (input_pipeline/decode.py,
+# input_pipeline/records.py): an InvalidArgumentError with one of these is bad data.
+_DATA_CHECK = re.compile(r'label out of range|undecodable image in|TFRecord file ', re.IGNORECASE)
+
+
+def one_line(error: BaseException) -> str:
+    """A readable single line for an error the user caused.
+
+    TensorFlow wraps the cause of an op's failure in the names of the functions and
+    ops it ran in (`{{function_node ...}}`, `[Op:...]`), and prints the data of a
+    `tf.debugging.Assert` as `] [`-separated items: all that is noise to the user.
+    """
+    message = getattr(error, 'message', None) or str(error) or type(error).__name__
+    # The input pipeline's own messages name the file: a bad label, image or TFRecord file.
+    match = re.search(f'({_DATA_CHECK.pattern})[^\\n]*', message, re.IGNORECASE)
+    if match:
+        message = re.sub(r'\]\s*\[', ' ', match.group(0)).rstrip(']')
+    message = re.sub(r'\{\{function_node [^}]*\}\}', '', message.split('\n')[0])
+    message = re.sub(r'\s*\[Op:[^\]]*\].*$', '', message)
+    return ' '.join(message.split())
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether `error` is a mistake in the flags, files or data, rather than a bug."""
+    if isinstance(error, (UserError, FileNotFoundError, PermissionError)):
+        return True
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (loaded by then)
+
+    if isinstance(error, (tf.errors.DataLossError, tf.errors.NotFoundError)):
+        return True  # A damaged or missing file; TensorFlow's message names it.
+    if isinstance(error, tf.errors.InvalidArgumentError):
+        return bool(_DATA_CHECK.search(getattr(error, 'message', None) or str(error)))
+    return False
+
+
+def exit_with(error: BaseException) -> NoReturn:
+    """Ends the program with one readable line; the traceback only with --v=1."""
+    logging.debug('Full error', exc_info=True)
+    print(f'main.py: error: {one_line(error)}', file=sys.stderr)
+    sys.exit(1)
+
+
+def report_bug() -> NoReturn:
+    """The traceback of the exception being handled, which is not the user's doing."""
+    import keras  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    traceback.print_exc()
+    print(
+        'main.py: internal error: the exception above is a bug in the trainer, not a '
+        f'mistake in your flags or data (TensorFlow {tf.__version__}, Keras '
+        f'{keras.__version__}); please report it with the traceback',
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+
+@contextlib.contextmanager
+def reported() -> Iterator[None]:
+    """Ends the program on an exception: one line for the user's errors, else a bug report."""
+    try:
+        yield
+    except Exception as error:  # pylint: disable=broad-except
+        if is_user_error(error):
+            exit_with(error)
+        report_bug()

@@ -12,14 +12,17 @@ Keras 3's and ours name it `conv1_conv`).
 
 Keras 3's own `.weights.h5` layout keys layers by their position in the model, not by
 name; such files are handed to `model.load_weights`, which knows that layout.
+
+`trainer/checkpoint.py` dispatches to this module (`load_initial_weights`); both raise
+`errors.CheckpointError`.
 """
 
 from typing import Dict, List
 
 import numpy as np
 
+import densenet
 from trainer import errors
-from trainer.checkpoint import CheckpointError
 
 
 def _text(value) -> str:
@@ -48,14 +51,6 @@ def _file_layers(group) -> Dict[str, List]:
     return layers
 
 
-def _all_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, 'layers') and layer.weights:
-            yield from _all_layers(layer)
-        else:
-            yield layer
-
-
 def _model_weights(layer) -> List:
     # Keras 3 keeps Dropout's random state as a variable; weight files never hold it.
     return [w for w in layer.weights if 'seed_generator' not in w.name]
@@ -71,13 +66,13 @@ def _match(path: str, layer, weights, stored) -> List:
     elif len(ours) == len(theirs):
         pairs = [(w, array) for w, (_, array) in zip(weights, stored)]
     else:
-        raise CheckpointError(
+        raise errors.CheckpointError(
             f'{path} does not fit the model: layer {layer.name} has weights {ours}, the file '
             f'{theirs}'
         )
     for weight, array in pairs:
         if tuple(weight.shape) != array.shape:
-            raise CheckpointError(
+            raise errors.CheckpointError(
                 f'{path} does not fit the model: {layer.name}/{_short_name(weight.name)} is '
                 f'{tuple(weight.shape)} in the model but {array.shape} in the file (check '
                 '--model and --num_classes)'
@@ -104,7 +99,7 @@ def load_h5_weights(model, path: str) -> None:
     try:
         handle = h5py.File(path, 'r')
     except OSError as error:
-        raise CheckpointError(f'{path} is not an HDF5 weights file ({error})') from None
+        raise errors.CheckpointError(f'{path} is not an HDF5 weights file ({error})') from None
     with handle:
         if 'layer_names' in handle.attrs:
             group = handle
@@ -113,17 +108,17 @@ def load_h5_weights(model, path: str) -> None:
         elif 'layers' in handle:
             group = None  # Keras 3 `.weights.h5`.
         else:
-            raise CheckpointError(f'{path} holds no Keras layer weights (no layer_names)')
+            raise errors.CheckpointError(f'{path} holds no Keras layer weights (no layer_names)')
         stored = _file_layers(group) if group is not None else None
     if stored is None:
         try:
             model.load_weights(path)
         except (ValueError, KeyError, OSError) as error:
             first = ' '.join(str(error).split('\n')[0].split())
-            raise CheckpointError(f'{path} does not fit the model: {first}') from None
+            raise errors.CheckpointError(f'{path} does not fit the model: {first}') from None
         return
 
-    layers = [layer for layer in _all_layers(model) if _model_weights(layer)]
+    layers = [layer for layer in densenet.all_layers(model) if _model_weights(layer)]
     missing = [layer.name for layer in layers if _layer_key(layer.name) not in stored]
     extra = sorted(set(stored) - {_layer_key(layer.name) for layer in layers})
     if missing or extra:
@@ -134,7 +129,9 @@ def load_h5_weights(model, path: str) -> None:
         if extra:
             parts.append(f'{len(extra)} layers not in the model ({", ".join(extra[:3])}')
             parts[-1] += ', ...)' if len(extra) > 3 else ')'
-        raise CheckpointError(f'{path} does not fit --model={model.name}: {"; ".join(parts)}')
+        raise errors.CheckpointError(
+            f'{path} does not fit --model={model.name}: {"; ".join(parts)}'
+        )
     pairs = []
     for layer in layers:
         pairs.extend(_match(path, layer, _model_weights(layer), stored[_layer_key(layer.name)]))

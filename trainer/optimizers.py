@@ -11,9 +11,10 @@ from typing import Sequence
 
 import keras
 import tensorflow as tf
+from trainer import config as config_lib
 from trainer import errors
 
-OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop')
+OPTIMIZERS = config_lib.OPTIMIZERS  # The flag's choices, defined with it (trainer/config.py).
 
 
 def create_optimizer(
@@ -24,7 +25,7 @@ def create_optimizer(
     nesterov: bool = False,
     weight_decay: float = 0.0,
     variables: Sequence[tf.Variable] = (),
-    decayed: Sequence[tf.Variable] = (),
+    decayed_variables: Sequence[tf.Variable] = (),
 ) -> keras.optimizers.Optimizer:
     """Returns the Keras optimizer `name` driven by `learning_rate` (a float or schedule).
 
@@ -35,9 +36,9 @@ def create_optimizer(
       nesterov: Nesterov momentum for SGD (the DenseNet paper's choice).
       weight_decay: AdamW's decoupled decay per unit of learning rate (Keras'
         convention: w -= lr * weight_decay * w); ignored by the others.
-      variables: the trainable variables (AdamW only), so that those not in `decayed`
-        can be excluded from its decay.
-      decayed: the variables AdamW decays (conv and dense kernels).
+      variables: the trainable variables (AdamW only), so that those not in
+        `decayed_variables` can be excluded from its decay.
+      decayed_variables: the variables AdamW decays (conv and dense kernels).
 
     Raises:
       ValueError: `name` is not one of OPTIMIZERS.
@@ -48,7 +49,7 @@ def create_optimizer(
         return keras.optimizers.Adam(learning_rate)
     if name == 'adamw':
         optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
-        keep = {id(v) for v in decayed}
+        keep = {id(v) for v in decayed_variables}
         excluded = [v for v in variables if id(v) not in keep]
         if excluded:
             # Batch-norm scales and offsets and biases are not decayed, as with L2.

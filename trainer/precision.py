@@ -23,9 +23,10 @@ and every replica takes the same one by construction.
 from typing import Optional, Sequence, Union
 
 import tensorflow as tf
+from trainer import config as config_lib
 from trainer import errors
 
-PRECISIONS = ('float32', 'bfloat16', 'float16')
+PRECISIONS = config_lib.PRECISIONS  # The flag's choices, defined with it (trainer/config.py).
 
 # Micikevicius et al. and Keras' LossScaleOptimizer: start at 2^15, double after
 # 2,000 finite steps.

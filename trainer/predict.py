@@ -10,8 +10,8 @@ Names are printed where the export carries them (from the TFRecords' class text 
 synset), else class indices only.
 
 Its few options are parsed with argparse rather than absl flags: absl flags are
-global to a process and belong to `main.py` alone (see EXAMPLES.md), and this small
-separate entry point should not share or clash with them.
+global to a process and belong to `main.py` alone, and this small separate entry
+point should not share or clash with them.
 """
 
 import argparse

@@ -33,7 +33,7 @@ class _HandlerExit(Exception):
 
 
 def _uses_preemption_handler(strategy: tf.distribute.Strategy) -> bool:
-    # Its API supports these two only (not MirroredStrategy, see PITFALLS.md).
+    # Its API supports these two only (not MirroredStrategy).
     return isinstance(
         strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
     )

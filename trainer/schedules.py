@@ -12,10 +12,12 @@ from typing import Optional, Sequence
 
 import keras
 import tensorflow as tf
+from trainer import config as config_lib
 from trainer import errors
 
-SCHEDULES = ('steps', 'piecewise', 'linear', 'exponential', 'cosine')
-LR_SCALINGS = ('none', 'linear')
+# The flags' choices, defined with them (trainer/config.py).
+SCHEDULES = config_lib.SCHEDULES
+LR_SCALINGS = config_lib.LR_SCALINGS
 
 # Goyal et al., "Accurate, Large Minibatch SGD" (2017): lr = 0.1 * batch / 256 for
 # ResNet-50; the paper's DenseNet recipe is the same 0.1 at batch 256.
@@ -123,10 +125,10 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         )
 
 
-def lr_multiplier(lr_scaling: str, global_batch: int) -> float:
+def lr_multiplier(lr_scaling: str, global_batch_size: int) -> float:
     """The factor `--lr_scaling` applies to every learning rate of a schedule.
 
-    `linear` (Goyal et al.): global_batch / 256, so the flags' learning rates are those
+    `linear` (Goyal et al.): global_batch_size / 256, so the flags' learning rates are those
     of a batch of 256 and stay right when replicas or the batch change.
 
     Raises:
@@ -135,15 +137,15 @@ def lr_multiplier(lr_scaling: str, global_batch: int) -> float:
     if lr_scaling == 'none':
         return 1.0
     if lr_scaling == 'linear':
-        return global_batch / REFERENCE_BATCH
+        return global_batch_size / REFERENCE_BATCH
     raise errors.UserError(f'--lr_scaling={lr_scaling!r} is not one of {", ".join(LR_SCALINGS)}')
 
 
 def from_config(
-    config, *, steps_per_epoch: int, total_steps: int, global_batch: int
+    config, *, steps_per_epoch: int, total_steps: int, global_batch_size: int
 ) -> EpochSchedule:
     """The schedule of a `RunConfig`: its flags, scaled with the global batch when asked."""
-    scale = lr_multiplier(config.lr_scaling, global_batch)
+    scale = lr_multiplier(config.lr_scaling, global_batch_size)
     values = [v * scale for v in config.lr_values] if config.lr_values else None
     return EpochSchedule(
         config.lr_sched,

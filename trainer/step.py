@@ -6,7 +6,7 @@ The train step is a `TrainStep` of (model, optimizer, loss scaler) in two halves
 (`trainer/loop.py`) runs each half through `strategy.run` and decides in between
 whether to apply at all: with dynamic loss scaling a step whose gradients overflowed
 is skipped, and that decision must be taken outside the replicas (see
-`trainer/precision.py`). Calling the step object runs both halves, unconditionally.
+`trainer/precision.py`).
 
 Steps return *sums* over the replica's examples; the loop adds them over replicas and
 steps and divides once, so averages are exact whatever the batch split.
@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import keras
 import tensorflow as tf
 
+import densenet
 from trainer import precision
 
 
@@ -28,23 +29,14 @@ def decayed_variables(model: keras.Model) -> List[tf.Variable]:
     practice; decaying BN parameters only shrinks them against their own invariance.
     """
     kernels = []
-    for layer in _all_layers(model):
+    for layer in densenet.all_layers(model):
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
             kernels.append(layer.kernel)
     return kernels
 
 
-def _all_layers(model: keras.Model):
-    """Every layer, descending into nested models and layers that list their sublayers.
-
-    The memory-efficient DenseNet keeps its convolutions inside one layer per dense
-    block (`densenet/recompute.py`), which lists them in `layers` like a model does.
-    """
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) or getattr(layer, 'layers', None):
-            yield from _all_layers(layer)
-        else:
-            yield layer
+# `decayed_variables` under a second name: `TrainStep`'s argument of that name hides it.
+_kernels_of = decayed_variables
 
 
 def ordered_sum(values: Sequence[tf.Tensor]) -> tf.Tensor:
@@ -125,9 +117,9 @@ class TrainStep:
         replicas); the per-example loss sum is divided by it.
       num_replicas: replicas in sync; each adds 1/num_replicas of the L2 term.
       weight_decay: L2 coefficient (0 where the optimizer decays weights itself).
-      decay_vars: the variables L2 applies to (default: `decayed_variables(model)`).
+      decayed_variables: the variables L2 applies to (default: `decayed_variables(model)`).
       label_smoothing: eps of label smoothing, 0 for none.
-      accumulation_steps: N > 1 splits the replica's batch into N micro-batches, one
+      grad_accum_steps: N > 1 splits the replica's batch into N micro-batches, one
         forward and backward each, and applies their summed gradients once: the
         update of the whole batch (exactly, for models without batch norm) at the
         activation memory of one micro-batch. Batch norm normalises, and updates its
@@ -144,30 +136,26 @@ class TrainStep:
         global_batch_size: int,
         num_replicas: int = 1,
         weight_decay: float = 0.0,
-        decay_vars: Optional[Sequence[tf.Variable]] = None,
+        decayed_variables: Optional[Sequence[tf.Variable]] = None,
         label_smoothing: float = 0.0,
-        accumulation_steps: int = 1,
+        grad_accum_steps: int = 1,
         weight_average=None,
     ):
-        if accumulation_steps < 1:
-            raise ValueError(f'accumulation_steps must be positive, not {accumulation_steps}')
+        if grad_accum_steps < 1:
+            raise ValueError(f'grad_accum_steps must be positive, not {grad_accum_steps}')
         self.model = model
         self.optimizer = optimizer
         self.loss_scaler = loss_scaler or precision.LossScaler()
         self.global_batch_size = int(global_batch_size)
         self.num_replicas = int(num_replicas)
         self.weight_decay = float(weight_decay)
-        self.decay_vars = list(decayed_variables(model) if decay_vars is None else decay_vars)
+        self.decayed_variables = list(
+            _kernels_of(model) if decayed_variables is None else decayed_variables
+        )
         self.label_smoothing = float(label_smoothing)
-        self.accumulation_steps = int(accumulation_steps)
+        self.grad_accum_steps = int(grad_accum_steps)
         self.weight_average = weight_average
         self.variables = model.trainable_variables
-
-    def __call__(self, images: tf.Tensor, labels: tf.Tensor) -> Dict[str, tf.Tensor]:
-        """Both halves, the update unconditional: one replica's whole step."""
-        gradients, metrics = self.gradients(images, labels)
-        self.apply(gradients)
-        return metrics
 
     def gradients(
         self, images: tf.Tensor, labels: tf.Tensor
@@ -188,7 +176,7 @@ class TrainStep:
           figures. With dynamic loss scaling also `non_finite`, the number of inf or
           NaN gradient values, which the loop sums over replicas to decide the skip.)
         """
-        if self.accumulation_steps == 1:
+        if self.grad_accum_steps == 1:
             gradients, metrics = self._micro_batch(images, labels)
         else:
             gradients, metrics = self._accumulate(images, labels)
@@ -232,8 +220,8 @@ class TrainStep:
             # by the *global* batch makes that sum the gradient of the global mean loss;
             # the L2 term is counted once in total, a 1/num_replicas share on each
             # replica, split again over the micro-batches of an accumulated step.
-            l2 = l2_term(self.decay_vars, self.weight_decay) / (
-                self.num_replicas * self.accumulation_steps
+            l2 = l2_term(self.decayed_variables, self.weight_decay) / (
+                self.num_replicas * self.grad_accum_steps
             )
             loss = cross_entropy / self.global_batch_size + l2
             scaled_loss = self.loss_scaler.scale_loss(loss)
@@ -249,8 +237,8 @@ class TrainStep:
         return gradients, metrics
 
     def _accumulate(self, images, labels):
-        """Sums `_micro_batch` over `accumulation_steps` equal slices of the batch."""
-        steps = self.accumulation_steps
+        """Sums `_micro_batch` over `grad_accum_steps` equal slices of the batch."""
+        steps = self.grad_accum_steps
         micro = tf.shape(images)[0] // steps
 
         def body(i, gradients, metrics):

@@ -14,7 +14,8 @@ What a run writes, and where TensorBoard shows it:
 
 Everything is written from Python between loops, never inside the traced step, which
 keeps the step free of summary ops and sidesteps the writer-capture trap of
-`tf.function` (see PITFALLS.md).
+`tf.function` (a traced function keeps writing to the default writer of the time it
+was traced).
 """
 
 import dataclasses

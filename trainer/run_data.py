@@ -1,0 +1,165 @@
+"""The run's data: the split files and sizes, and the datasets the strategy distributes.
+
+`RunData` reads what the dataset folder holds (`input_pipeline/formats.py`), counts
+the examples, and builds the per-replica training and evaluation datasets
+(`input_pipeline/dataset.py`) from the config; synthetic data stands in for the
+training split of speed runs.
+"""
+
+import tensorflow as tf
+
+from input_pipeline import dataset as dataset_lib
+from input_pipeline import formats
+from trainer import errors
+from trainer.config import RunConfig
+
+# ILSVRC2012's training split: the epoch of synthetic-data runs, and the known size
+# of its standard 1024-file layout.
+IMAGENET_TRAIN_EXAMPLES = 1281167
+
+
+class RunData:
+    """The split files and sizes, and the per-replica dataset functions."""
+
+    def __init__(self, config: RunConfig, strategy: tf.distribute.Strategy):
+        self.config = config
+        self.strategy = strategy
+        self.global_batch_size = config.batch_size * strategy.num_replicas_in_sync
+        self.dtype = tf.bfloat16 if config.precision == 'bfloat16' else tf.float32
+        # Mixup and CutMix turn labels into float32 [batch, num_classes] rows.
+        self.soft_labels = config.mixup_alpha > 0 or config.cutmix_alpha > 0
+        # Replaced by what the records say; synthetic data reads none.
+        self.schema = formats.SLIM_SCHEMA
+        self.label_offset = 1 if config.label_offset is None else config.label_offset
+        if config.synthetic_data:
+            self.train_files = self.eval_files = []
+            self.num_train, self.num_eval = IMAGENET_TRAIN_EXAMPLES, 0
+        else:
+            # The layout, record keys and label offset, from the files (logged).
+            found = formats.find_dataset(
+                config.dataset_dir, layout=config.data_layout, label_offset=config.label_offset
+            )
+            self.found = found
+            self.schema, self.label_offset = found.schema, found.label_offset
+            self.train_files = list(found.train_files)
+            self.eval_files = list(found.validation_files)
+            # Counting ImageNet's 1.28M training records means reading 140 GB; its standard
+            # 1024-shard layout has a known size. Validation is always counted: exact
+            # evaluation depends on it.
+            self.num_train = (
+                IMAGENET_TRAIN_EXAMPLES
+                if len(self.train_files) == 1024
+                else dataset_lib.count_examples(
+                    self.train_files, skip_bad_records=config.skip_bad_records
+                )
+            )
+            self.num_eval = dataset_lib.count_examples(
+                self.eval_files, skip_bad_records=config.skip_bad_records
+            )
+        self.steps_per_epoch = self.num_train // self.global_batch_size
+        if self.steps_per_epoch == 0:
+            raise errors.UserError(
+                f'--batch_size={config.batch_size} x {strategy.num_replicas_in_sync} replicas '
+                f'is larger than the {self.num_train} training examples in {config.dataset_dir}'
+            )
+
+    @property
+    def description(self) -> str:
+        """The data found, for the start-up banner."""
+        if self.config.synthetic_data:
+            return 'synthetic (one random batch, repeated; ImageNet-sized epochs)'
+        return (
+            f'{self.found.dataset_dir}, {self.found.layout} layout, label offset '
+            f'{self.label_offset}: '
+            f'{len(self.train_files)} train files ({self.num_train} examples), '
+            f'{len(self.eval_files)} validation files ({self.num_eval} examples)'
+        )
+
+    def _replicas_per_pipeline(self, context: tf.distribute.InputContext) -> int:
+        return context.num_replicas_in_sync // context.num_input_pipelines
+
+    def train(self, step: int) -> tf.distribute.DistributedDataset:
+        """The training stream from global step `step` on, distributed over replicas."""
+        return self.strategy.distribute_datasets_from_function(self.train_dataset_fn(step))
+
+    def preview_images(self, count: int) -> tf.Tensor:
+        """The first `count` images of the first replica's first training batch.
+
+        They come from a pipeline of their own, so the training stream is neither
+        consumed nor delayed; only one per-replica batch is decoded.
+        """
+        context = tf.distribute.InputContext(
+            num_input_pipelines=1,
+            input_pipeline_id=0,
+            num_replicas_in_sync=self.strategy.num_replicas_in_sync,
+        )
+        images, _ = next(iter(self.train_dataset_fn(0)(context)))
+        return images[:count]
+
+    def train_dataset_fn(self, step: int):
+        """`dataset_fn(input_context)` of the training stream from global step `step` on."""
+        config = self.config
+        epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            batch = context.get_per_replica_batch_size(self.global_batch_size)
+            if config.synthetic_data:
+                return dataset_lib.synthetic_dataset(
+                    batch_size=batch,
+                    image_size=config.image_size,
+                    num_classes=config.num_classes,
+                    dtype=self.dtype,
+                    soft_labels=self.soft_labels,
+                )
+            per_pipeline = self._replicas_per_pipeline(context)
+            return dataset_lib.train_dataset(
+                self.train_files,
+                batch_size=batch,
+                image_size=config.image_size,
+                num_classes=config.num_classes,
+                seed=config.seed,
+                start_epoch=epoch,
+                skip_batches=step_in_epoch * per_pipeline,
+                batches_per_epoch=self.steps_per_epoch * per_pipeline,
+                label_offset=self.label_offset,
+                crop_area_range=config.crop_area_range,
+                crop_aspect_range=config.crop_aspect_range,
+                random_flip=config.random_flip,
+                dtype=self.dtype,
+                shuffle_buffer=config.shuffle_buffer,
+                input_context=context,
+                schema=self.schema,
+                color_jitter=config.color_jitter,
+                pca_lighting=config.pca_lighting,
+                randaugment_layers=config.randaugment_layers,
+                randaugment_magnitude=config.randaugment_magnitude,
+                mixup_alpha=config.mixup_alpha,
+                cutmix_alpha=config.cutmix_alpha,
+                skip_bad_records=config.skip_bad_records,
+            )
+
+        return dataset_fn
+
+    def eval_dataset(self) -> tf.distribute.DistributedDataset:
+        config = self.config
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            return dataset_lib.eval_dataset(
+                self.eval_files,
+                batch_size=context.get_per_replica_batch_size(self.global_batch_size),
+                image_size=config.image_size,
+                num_classes=config.num_classes,
+                num_examples=self.num_eval,
+                label_offset=self.label_offset,
+                crop_fraction=config.eval_crop_fraction,
+                dtype=self.dtype,
+                input_context=context,
+                schema=self.schema,
+                skip_bad_records=config.skip_bad_records,
+            )
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    @property
+    def eval_steps(self) -> int:
+        return dataset_lib.eval_steps(self.num_eval, self.global_batch_size)
