@@ -57,6 +57,7 @@ import multiprocessing
 import os
 import random
 import re
+import struct
 import sys
 import tarfile
 import time
@@ -488,6 +489,32 @@ def _shard_path(job: _ShardJob) -> str:
     return os.path.join(job.output_dir, f'{job.split}-{job.index:05d}-of-{job.num_shards:05d}')
 
 
+def count_records(path: str) -> int:
+    """Counts a TFRecord file's records from their length headers, without reading data.
+
+    The builder's check of the shards it has just written: 16 bytes read per record,
+    so that checking ImageNet's 1,152 shards does not read them again. Training counts
+    with `dataset.count_examples`, which reads every record with its checksums (a
+    damaged file is found, or skipped with --skip_bad_records).
+
+    Raises:
+      ValueError: when the last record runs past the end of the file.
+    """
+    size, count, offset = os.path.getsize(path), 0, 0
+    with open(path, 'rb') as stream:
+        while offset < size:
+            stream.seek(offset)
+            header = stream.read(8)
+            if len(header) < 8:
+                raise ValueError(f'{path} is truncated at byte {offset}')
+            (length,) = struct.unpack('<Q', header)
+            offset += 8 + 4 + length + 4
+            count += 1
+    if offset != size:
+        raise ValueError(f'{path} is truncated: its last record ends at byte {offset} of {size}')
+    return count
+
+
 class Progress:
     """A progress bar on a terminal; plain periodic lines in a log."""
 
@@ -641,25 +668,12 @@ def verify(output_dir: str, jobs: Sequence[_ShardJob]) -> dict[str, int]:
     """Counts every shard's records and checks them against the sources.
 
     Raises:
-      ValueError: naming the first shard that is truncated or corrupt or holds a wrong
-        count.
+      ValueError: naming the first shard with a wrong count.
     """
-    # Imported here, once the shards are written: the main process needs TensorFlow only now.
-    import tensorflow as tf
-
-    from input_pipeline import dataset
-
     totals = collections.Counter()
     for job in jobs:
         path = _shard_path(job)
-        try:
-            found = dataset.count_examples([path])
-        except tf.errors.OpError as error:
-            reason = re.search(r'is truncated or corrupt: ([^\]\n]*)', error.message)
-            raise ValueError(
-                f'{path} is truncated or corrupt'
-                f'{": " + reason.group(1) if reason else ""}: delete it and rerun'
-            ) from None
+        found = count_records(path)
         if found != len(job.sources):
             raise ValueError(
                 f'{path} holds {found} records, not {len(job.sources)}: delete it and rerun'
