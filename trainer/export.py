@@ -202,10 +202,6 @@ def export_saved_model(
     return path
 
 
-def is_saved_model(path: str) -> bool:
-    return tf.io.gfile.exists(os.path.join(path, 'saved_model.pb'))
-
-
 def _takes_float_images(signature) -> bool:
     """Whether `signature` takes one float32 `[batch, size, size, 3]` `images` input."""
     inputs = signature.structured_input_signature[1]

@@ -341,7 +341,7 @@ def evaluate(config: RunConfig) -> Dict[str, float]:
     _prepare(config)
     path = config.only_eval
     _set_up_determinism(config)
-    if export.is_saved_model(path):
+    if run_folder.is_saved_model(path):
         # A SavedModel's variables live on one device: evaluate it without distribution.
         strategy = tf.distribute.get_strategy()
         predict, image_size = export.load_predict_fn(path)

@@ -35,23 +35,27 @@ def of(path: str) -> str:
 
 
 def is_saved_model(path: str) -> bool:
-    return _read_text(os.path.join(path, 'saved_model.pb'), binary=True) is not None
+    return _exists(os.path.join(path, 'saved_model.pb'))
 
 
-def _read_text(path: str, binary: bool = False) -> Optional[str]:
-    """The text of a local or remote file, or None when it is missing."""
+def _exists(path: str) -> bool:
     if config_lib.is_local(path):
-        if not os.path.isfile(path):
-            return None
-        if binary:
-            return ''
+        return os.path.exists(path)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    return tf.io.gfile.exists(path)
+
+
+def _read_text(path: str) -> Optional[str]:
+    """The text of a local or remote (`gs://...`) file, or None when it is missing."""
+    if not _exists(path):
+        return None
+    if config_lib.is_local(path):
         with open(path) as stream:
             return stream.read()
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    if not tf.io.gfile.exists(path):
-        return None
-    return '' if binary else tf.io.gfile.GFile(path).read()
+    return tf.io.gfile.GFile(path).read()
 
 
 def checkpointed_flags(run_dir: str) -> Optional[list]:
