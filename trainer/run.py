@@ -68,6 +68,12 @@ def _set_up_determinism(config: RunConfig) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+def _create_strategy(config: RunConfig) -> tf.distribute.Strategy:
+    return distribute.create_strategy(
+        config.distribution_strategy, device=config.device, num_gpus=config.num_gpus, tpu=config.tpu
+    )
+
+
 def build_model(config: RunConfig) -> keras.Model:
     return densenet.create_model(
         config.model,
@@ -105,9 +111,7 @@ class TrainState:
 def build_train_state(config: RunConfig) -> TrainState:
     """Builds the training state and restores the newest checkpoint (or --init_checkpoint)."""
     _set_up_determinism(config)
-    strategy = distribute.create_strategy(
-        config.distribution_strategy, device=config.device, num_gpus=config.num_gpus, tpu=config.tpu
-    )
+    strategy = _create_strategy(config)
     data = RunData(config, strategy)
     total_steps = config.train_steps or config.epochs * data.steps_per_epoch
     with strategy.scope():
@@ -352,12 +356,7 @@ def evaluate(config: RunConfig) -> Dict[str, float]:
             )
         step = None
     else:
-        strategy = distribute.create_strategy(
-            config.distribution_strategy,
-            device=config.device,
-            num_gpus=config.num_gpus,
-            tpu=config.tpu,
-        )
+        strategy = _create_strategy(config)
         with strategy.scope():
             model = build_model(config)
         prefix = checkpoint_lib.restore_weights(model, path)
