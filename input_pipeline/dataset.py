@@ -227,6 +227,7 @@ def train_dataset(
     mixup_alpha: float = 0.0,
     cutmix_alpha: float = 0.0,
     skip_bad_records: bool = False,
+    for_data_service: bool = False,
 ) -> tf.data.Dataset:
     """Builds the endless, reproducible training stream of augmented batches.
 
@@ -280,11 +281,21 @@ def train_dataset(
       cutmix_alpha: > 0: CutMix with Beta(alpha, alpha) areas (soft labels).
       skip_bad_records: skip damaged files' rest and undecodable images (logged and
         counted) instead of stopping.
+      for_data_service: build the stream for tf.data service workers
+        (`input_pipeline/data_service.py`): every worker reads and shuffles the records
+        (cheap), then keeps every `num_workers`-th batch of serialised records
+        (`shard(SHARD_HINT, SHARD_HINT)`, which the service rewrites to the worker's
+        index) and decodes and augments only those. Each batch is the one this function
+        builds without the flag, with its position in the stream as a third element
+        (int64: `epoch * batches_per_epoch + batch`) so that the reader can put the
+        workers' batches back in order. Needs `batches_per_epoch` and cannot skip bad
+        records (skipping changes which records make a batch).
 
     Returns:
       A dataset of `(images [batch_size, image_size, image_size, 3] dtype, normalised;
       labels)`: labels are int32 `[batch_size]`, or float32 `[batch_size, num_classes]`
-      (soft: one-hot mixed) when mixup or CutMix is on.
+      (soft: one-hot mixed) when mixup or CutMix is on. With `for_data_service`, a
+      third element: the batch's position in the stream.
 
     Raises:
       ValueError: when `files` is empty or holds fewer records than one step needs, or
@@ -295,6 +306,11 @@ def train_dataset(
     if batches_per_epoch is not None and not 0 <= skip_batches < batches_per_epoch:
         raise errors.UserError(
             f'skip_batches={skip_batches} is not within an epoch of {batches_per_epoch} batches'
+        )
+    if for_data_service and (batches_per_epoch is None or skip_bad_records):
+        raise errors.UserError(
+            'a training stream for the tf.data service needs batches_per_epoch and cannot '
+            'skip bad records'
         )
     num_pipelines, pipeline_id, replicas_per_pipeline = _pipeline_layout(input_context)
     shard_files = num_pipelines > 1 and len(files) >= num_pipelines
@@ -419,6 +435,11 @@ def train_dataset(
         stream = stream.skip(tf.cast(first_batch * batch_size, tf.int64))
         augmentation_key = _fold_in(pipeline_key, _AUGMENTATION)
         kernel_keys = tf.stack([_fold_in(augmentation_key, k)[0] for k in range(len(_KERNELS))])
+        mixing_key = _fold_in(pipeline_key, _MIXING)
+        if for_data_service:
+            # Serialised batches only; the workers decode their share (`service_batches`).
+            batches = stream.batch(batch_size).enumerate(start=tf.cast(first_batch, tf.int64))
+            return batches.map(lambda index, batch: (kernel_keys, mixing_key, epoch, index, batch))
         stream = stream.batch(batch_size).map(
             lambda positions, records_and_files: prepare(
                 kernel_keys, positions, *records_and_files
@@ -438,10 +459,44 @@ def train_dataset(
         if skip_bad_records:
             batches = _count_skipped(batches, epoch, first_batch * batch_size, batch_size)
         batches = batches.enumerate(start=tf.cast(first_batch, tf.int64))
-        mixing_key = _fold_in(pipeline_key, _MIXING)
         return batches.map(lambda index, batch: finish_batch(mixing_key, index, *batch))
 
+    def service_batches(batches: tf.data.Dataset) -> tf.data.Dataset:
+        """A worker's share of the serialised batches, decoded as `epoch_batches` does."""
+
+        def prepare_batch(kernel_keys, mixing_key, epoch, index, batch):
+            positions, records_and_files = batch
+            encoded, bbox, seeds, origin = prepare(kernel_keys, positions, *records_and_files)
+            # What `finish_batch` needs rides along with every example of the batch.
+            size = tf.size(positions)
+            order = epoch * batches_per_epoch + index
+            batch_info = (
+                tf.fill([size], index),
+                tf.tile(mixing_key[tf.newaxis], [size, 1]),
+                tf.fill([size], order),
+            )
+            return encoded, bbox, seeds, origin + batch_info
+
+        examples = batches.map(
+            prepare_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        examples = examples.unbatch().map(
+            augment_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+
+        def finish(images, label_and_origin):
+            *origin, index, mixing_keys, order = label_and_origin
+            images, labels = finish_batch(mixing_keys[0], index[0], images, tuple(origin))
+            return images, labels, order[0]
+
+        return examples.batch(batch_size, drop_remainder=True).map(finish)
+
     dataset = tf.data.Dataset.range(start_epoch, _EPOCH_LIMIT).flat_map(epoch_batches)
+    if for_data_service:
+        # Batch b of the stream goes to worker b % num_workers; endless, as the
+        # service's round-robin reads require.
+        shard_hint = tf.data.experimental.SHARD_HINT
+        dataset = service_batches(dataset.shard(shard_hint, shard_hint)).repeat()
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

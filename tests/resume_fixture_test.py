@@ -18,6 +18,8 @@ import keras
 import numpy as np
 from main_runs import ROOT, checkpoint_values, checkpoints, run_main
 
+from trainer import config as config_lib
+
 FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'resume')
 
 
@@ -52,12 +54,20 @@ def test_a_run_checkpointed_by_the_earlier_code_resumes_bit_identical(tmp_path):
     )
     assert (run / 'saves' / 'epoch_001' / 'saved_model.pb').exists()
 
-    # The flags it was started with are written back unchanged, but for the folders.
-    def other_lines(text):
-        return [
-            line
-            for line in text.splitlines()
-            if not line.startswith(('--model_dir', '--dataset_dir'))
-        ]
+    # The flags it was started with are written back unchanged, but for the folders;
+    # flags added since are written with their defaults (the run did not set them).
+    def flag_lines(text):
+        lines = [line.partition('=') for line in text.splitlines() if line.startswith('--')]
+        return {
+            name[2:]: value
+            for name, _, value in lines
+            if name not in ('--model_dir', '--dataset_dir')
+        }
 
-    assert other_lines(flagfile.read_text()) == other_lines(before)
+    old, new = flag_lines(before), flag_lines(flagfile.read_text())
+    assert {name: new[name] for name in old if name in new} == old
+    assert old.keys() <= new.keys()
+    defaults = config_lib.RunConfig()
+    for name in new.keys() - old.keys():
+        default = getattr(defaults, name)
+        assert new[name] == (str(default).lower() if isinstance(default, bool) else str(default))

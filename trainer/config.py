@@ -14,6 +14,7 @@ import json
 import os
 from typing import Optional, Sequence, Tuple
 
+from input_pipeline import data_service
 from trainer import errors
 from trainer import gaudi
 
@@ -113,6 +114,12 @@ class RunConfig:
         False,
         'Skip (and count in the log) truncated TFRecord files and undecodable images '
         'instead of stopping. A label out of range still stops the run.',
+    )
+    data_service_address: str = _option(
+        '',
+        'HOST:PORT of a tf.data service dispatcher (python -m input_pipeline.data_service): '
+        'the training input is decoded and augmented on its workers, batch for batch as '
+        'locally; evaluation stays here.',
     )
     color_jitter: float = _option(
         0.0, 'Brightness/contrast/saturation jitter, 0..0.99 (fb.resnet.torch: 0.4).'
@@ -269,6 +276,8 @@ class RunConfig:
         if self.only_eval and not _exists(self.only_eval):
             raise ConfigError(f'--only_eval={self.only_eval}: no such checkpoint or SavedModel')
         _check_environment(self)
+        if self.data_service_address and not self.only_eval:
+            data_service.check_reachable(self.data_service_address)
         if self.init_checkpoint and not _exists(self.init_checkpoint):
             raise ConfigError(
                 f'--init_checkpoint={self.init_checkpoint}: no such checkpoint or weights file'
@@ -369,7 +378,18 @@ def _check_values(config: RunConfig) -> None:
             raise ConfigError(f'--{name}={getattr(config, name)} must be in [0, 1)')
     if config.max_skipped_steps < 0:
         raise ConfigError(f'--max_skipped_steps must be 0 or more, not {config.max_skipped_steps}')
+    if config.data_service_address:
+        _check_data_service(config)
     _check_training(config)
+
+
+def _check_data_service(config: RunConfig) -> None:
+    data_service.parse_address(config.data_service_address)
+    if config.synthetic_data:
+        raise ConfigError('--data_service_address has no input to serve with --synthetic_data')
+    if config.skip_bad_records:
+        # Skipping changes which records make a batch, and the workers must agree on it.
+        raise ConfigError('--data_service_address cannot be combined with --skip_bad_records')
 
 
 def _check_environment(config: RunConfig) -> None:

@@ -8,6 +8,7 @@ training split of speed runs.
 
 import tensorflow as tf
 
+from input_pipeline import data_service
 from input_pipeline import dataset as dataset_lib
 from input_pipeline import formats
 from trainer import errors
@@ -62,17 +63,27 @@ class RunData:
                 f'--batch_size={config.batch_size} x {strategy.num_replicas_in_sync} replicas '
                 f'is larger than the {self.num_train} training examples in {config.dataset_dir}'
             )
+        # The workers the training batches are dealt to; 0: decoded here.
+        self.service_workers = 0
+        if config.data_service_address:
+            self.service_workers = data_service.count_workers(config.data_service_address)
 
     @property
     def description(self) -> str:
         """The data found, for the start-up banner."""
         if self.config.synthetic_data:
             return 'synthetic (one random batch, repeated; ImageNet-sized epochs)'
+        served = (
+            f'; training input on the tf.data service at {self.config.data_service_address} '
+            f'({self.service_workers} workers)'
+            if self.service_workers
+            else ''
+        )
         return (
             f'{self.found.dataset_dir}, {self.found.layout} layout, label offset '
             f'{self.label_offset}: '
             f'{len(self.train_files)} train files ({self.num_train} examples), '
-            f'{len(self.eval_files)} validation files ({self.num_eval} examples)'
+            f'{len(self.eval_files)} validation files ({self.num_eval} examples){served}'
         )
 
     def _replicas_per_pipeline(self, context: tf.distribute.InputContext) -> int:
@@ -80,7 +91,8 @@ class RunData:
 
     def train(self, step: int) -> tf.distribute.DistributedDataset:
         """The training stream from global step `step` on, distributed over replicas."""
-        return self.strategy.distribute_datasets_from_function(self.train_dataset_fn(step))
+        dataset_fn = self.train_dataset_fn(step, served=bool(self.service_workers))
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def preview_images(self, count: int) -> tf.Tensor:
         """The first `count` images of the first replica's first training batch.
@@ -96,10 +108,16 @@ class RunData:
         images, _ = next(iter(self.train_dataset_fn(0)(context)))
         return images[:count]
 
-    def train_dataset_fn(self, step: int):
-        """`dataset_fn(input_context)` of the training stream from global step `step` on."""
+    def train_dataset_fn(self, step: int, served: bool = False):
+        """`dataset_fn(input_context)` of the training stream from global step `step` on.
+
+        `served`: decoded on the tf.data service's workers (`input_pipeline/data_service.py`),
+        which give the same batches in the same order.
+        """
         config = self.config
         epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        # One job per input pipeline, named anew for every start of the stream.
+        job_prefix = data_service.new_job_prefix() if served else None
 
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
             batch = context.get_per_replica_batch_size(self.global_batch_size)
@@ -112,7 +130,8 @@ class RunData:
                     soft_labels=self.soft_labels,
                 )
             per_pipeline = self._replicas_per_pipeline(context)
-            return dataset_lib.train_dataset(
+            batches_per_epoch = self.steps_per_epoch * per_pipeline
+            dataset = dataset_lib.train_dataset(
                 self.train_files,
                 batch_size=batch,
                 image_size=config.image_size,
@@ -120,7 +139,7 @@ class RunData:
                 seed=config.seed,
                 start_epoch=epoch,
                 skip_batches=step_in_epoch * per_pipeline,
-                batches_per_epoch=self.steps_per_epoch * per_pipeline,
+                batches_per_epoch=batches_per_epoch,
                 label_offset=self.label_offset,
                 crop_area_range=config.crop_area_range,
                 crop_aspect_range=config.crop_aspect_range,
@@ -136,6 +155,17 @@ class RunData:
                 mixup_alpha=config.mixup_alpha,
                 cutmix_alpha=config.cutmix_alpha,
                 skip_bad_records=config.skip_bad_records,
+                for_data_service=served,
+            )
+            if not served:
+                return dataset
+            return data_service.read(
+                dataset,
+                config.data_service_address,
+                num_workers=self.service_workers,
+                first_position=epoch * batches_per_epoch + step_in_epoch * per_pipeline,
+                job_prefix=job_prefix,
+                pipeline=context.input_pipeline_id,
             )
 
         return dataset_fn
