@@ -183,7 +183,11 @@ def read(
         check = tf.debugging.assert_equal(
             tf.gather(positions, order),
             expected,
-            message='tf.data service batches out of order (a bug: please report it)',
+            # A worker that restarts sends its share again from the stream's start.
+            message=(
+                'tf.data service batches out of order: did a worker restart? Restart the '
+                'training (it resumes exactly); otherwise this is a bug, please report it'
+            ),
         )
         with tf.control_dependencies([check]):
             order = tf.identity(order)
