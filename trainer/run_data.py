@@ -63,9 +63,11 @@ class RunData:
                 f'--batch_size={config.batch_size} x {strategy.num_replicas_in_sync} replicas '
                 f'is larger than the {self.num_train} training examples in {config.dataset_dir}'
             )
-        # The workers the training batches are dealt to; 0: decoded here.
+        # The workers the training batches are dealt to; 0: decoded here. --only_eval
+        # (say with a training run's flags.cfg) reads no training batches: no probe, as
+        # config.check_run does not check the address then either.
         self.service_workers = 0
-        if config.data_service_address:
+        if config.data_service_address and not config.only_eval:
             self.service_workers = data_service.count_workers(config.data_service_address)
 
     @property
