@@ -202,6 +202,20 @@ def _to_uint8(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
+def _pin_graph_seed(seed: int) -> None:
+    """Makes the shuffle's order a function of `seed` alone, not of the global seed.
+
+    tf.data mixes a graph-level seed into every shuffle seed: that of the function
+    being traced, which TensorFlow copies from the process's global seed. So the order
+    depended on whatever had set the global seed last, and a global seed of 0 failed
+    outright (TensorFlow's seed helper compares the tensor seed with 0 in Python:
+    OperatorNotAllowedInGraphError). The traced epoch function's graph seed is pinned
+    to `seed + 1`, the global seed the trainer has always set before building the
+    data (trainer/run.py), so that runs started before this keep their order.
+    """
+    tf.compat.v1.get_default_graph().seed = seed + 1
+
+
 def train_dataset(
     files: Sequence[str],
     *,
@@ -235,9 +249,8 @@ def train_dataset(
     from (seed, e), interleaves the files deterministically, shuffles records in a
     buffer seeded from (seed, e, pipeline) and augments the example at position `i` of
     the epoch with a stateless seed derived from (seed, e, pipeline, i); batch `b` of
-    the epoch is mixed (mixup, CutMix) with a seed from (seed, e, pipeline, b). The
-    order is also shaped by TensorFlow's global seed, which tf.data mixes into every
-    shuffle seed: keep it fixed (or unset) across runs that must match.
+    the epoch is mixed (mixup, CutMix) with a seed from (seed, e, pipeline, b).
+    TensorFlow's global seed plays no part (see `_pin_graph_seed`).
 
     Batches never straddle two epochs, so the trainer's position (epoch, steps done)
     always maps to the same batches. An epoch is `batches_per_epoch` batches when given;
@@ -428,6 +441,7 @@ def train_dataset(
         shuffle_seed = tf.random.stateless_uniform(
             [], _fold_in(pipeline_key, _RECORD_ORDER), minval=0, maxval=2**31 - 1, dtype=tf.int64
         )
+        _pin_graph_seed(seed)
         stream = stream.shuffle(shuffle_buffer, seed=shuffle_seed)
         # Number the records before skipping so resumed examples keep their seeds.
         stream = stream.enumerate()

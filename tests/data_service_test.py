@@ -136,16 +136,11 @@ def labelled_dir(tmp_path_factory):
     return folder
 
 
-def _set_global_seed(config) -> None:
-    # As trainer/run.py sets it before it builds the data: an earlier test may have left
-    # a global seed of 0, with which TensorFlow's seed helper fails on tensor seeds.
-    tf.random.set_seed(config.seed + 1)
-
-
 def _labels(batches) -> list[list[int]]:
     return [batch[1].numpy().tolist() for batch in batches]
 
 
+@pytest.mark.slow
 def test_every_example_once_per_epoch_in_the_local_order(service_address, labelled_dir, tmp_path):
     config = config_lib.RunConfig(
         dataset_dir=labelled_dir,
@@ -159,7 +154,6 @@ def test_every_example_once_per_epoch_in_the_local_order(service_address, labell
         crop_area_range=(0.5, 1.0),
         data_service_address=service_address,
     )
-    _set_global_seed(config)
     data = run_data.RunData(config, tf.distribute.get_strategy())
     assert data.service_workers == 2
     steps = data.steps_per_epoch
@@ -210,7 +204,6 @@ def test_augmentations_and_mixing_are_the_local_ones(service_address, labelled_d
         cutmix_alpha=1.0,
         data_service_address=service_address,
     )
-    _set_global_seed(config)
     data = run_data.RunData(config, tf.distribute.get_strategy())
     steps = data.steps_per_epoch
     served = list(data.train(steps - 2).take(4))

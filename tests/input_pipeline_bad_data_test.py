@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -122,7 +123,10 @@ def test_undecodable_images_are_skipped_and_counted(tmp_path, patches, capfd):
     # Training: 22 good of 24, cut to whole batches of 4, in every epoch.
     batches = list(train(files, skip_bad_records=True).take(15))
     assert all(len(labels) == 4 for _, labels in batches)
-    assert 'skipped 2 bad records so far in epoch 0' in capfd.readouterr().err
+    # Both bad images are counted in an epoch that meets both before its last whole
+    # batch (which epoch depends on the shuffle), and never more than the two.
+    counts = re.findall(r'skipped (\d+) bad records so far in epoch', capfd.readouterr().err)
+    assert '2' in counts and set(counts) <= {'1', '2'}, counts
     # Evaluation: the two count with weight 0, so metrics cover the 22 good ones.
     batches = list(evaluate(files, 24, skip_bad_records=True))
     weights = np.concatenate([b[2] for b in batches])
