@@ -70,42 +70,69 @@ def _check_run_dir(config: config_lib.RunConfig) -> None:
     run_folder.check_same_run(config, present, run_dir)
 
 
+def checked_config(flag_values: flags.FlagValues) -> config_lib.RunConfig:
+    """The run's config from parsed flags, checked, without TensorFlow; raises UserError."""
+    config = config_lib.RunConfig(**{name: flag_values[name].value for name in _FIELDS})
+    config.check_run()
+    _check_run_dir(config)
+    return config
+
+
+def execute(config: config_lib.RunConfig, flag_values: flags.FlagValues):
+    """Writes flags.cfg and trains, or evaluates with --only_eval; returns the last evaluation.
+
+    Also what tests call to run the trainer inside their own process
+    (`tests/in_process.py`), so that they run exactly this path.
+    """
+    # flags.cfg holds the resolved pair (--precision wins over the seed's --bfloat16),
+    # so that a restart from it is the same run.
+    flag_values.precision, flag_values.bfloat16 = config.precision, config.bfloat16
+    from trainer import distribute  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    from trainer import run  # pylint: disable=g-import-not-at-top
+
+    if config.only_eval:
+        return run.evaluate(config)
+    if distribute.is_chief_task():  # Other workers of a multi-worker run write nothing.
+        lines = [flag_values[name].serialize() for name in sorted(_FIELDS)]
+        run_folder.write_flagfile(config.model_dir, lines)
+    return run.train(config)
+
+
+def result_line(result) -> str:
+    return (
+        f'Validation top-1 {result["top1"]:.4f}, top-5 {result["top5"]:.4f}, loss '
+        f'{result["loss"]:.4f} over {result["num_examples"]} examples (step {result["step"]})'
+    )
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     # Before TensorFlow is imported: its harmless C++ start-up lines stay off the console.
     stderr_filter.install()
     try:
-        config = config_lib.RunConfig(**{name: FLAGS[name].value for name in _FIELDS})
-        config.check_run()
-        _check_run_dir(config)
+        config = checked_config(FLAGS)
     except errors.UserError as error:
         errors.exit_with(error)
-    # flags.cfg holds the resolved pair (--precision wins over the seed's --bfloat16),
-    # so that a restart from it is the same run.
-    FLAGS.precision, FLAGS.bfloat16 = config.precision, config.bfloat16
     with errors.reported():
-        from trainer import distribute  # pylint: disable=g-import-not-at-top  (TensorFlow)
-        from trainer import run  # pylint: disable=g-import-not-at-top
-
-        if config.only_eval:
-            result = run.evaluate(config)
-        else:
-            if distribute.is_chief_task():  # Other workers of a multi-worker run write nothing.
-                lines = [FLAGS[name].serialize() for name in sorted(_FIELDS)]
-                run_folder.write_flagfile(config.model_dir, lines)
-            result = run.train(config)
+        result = execute(config, FLAGS)
     if result:
-        print(
-            f'Validation top-1 {result["top1"]:.4f}, top-5 {result["top5"]:.4f}, loss '
-            f'{result["loss"]:.4f} over {result["num_examples"]} examples (step {result["step"]})'
-        )
+        print(result_line(result))
+
+
+def parse(argv, flag_values: flags.FlagValues):
+    """Parses the command line into `flag_values`: absl's rules, `--flagfile` included.
+
+    A flag given after `--flagfile` overrides the file's; one given before it is
+    overridden by it. Also what `tests/in_process.py` parses with.
+    """
+    return flag_values(argv)
 
 
 def _parse_flags(argv):
     """absl's parser, with a bad flag reported in the same one line as other errors."""
     try:
-        return FLAGS(argv)
+        return parse(argv, FLAGS)
     except flags.Error as error:
         logging.debug('Full error', exc_info=True)
         print(f'main.py: error: {errors.one_line(error)} (see --helpfull)', file=sys.stderr)

@@ -1,7 +1,8 @@
 """With --ema_decay, evaluation and export see the weight average, not the training weights.
 
-One epoch of five steps through main.py with `--ema_decay` evaluates, exports and
-checkpoints at its end (step 5). The test then builds two models from that checkpoint
+One epoch of five steps through main.py's path (in this process,
+`tests/in_process.py`) with `--ema_decay` evaluates, exports and checkpoints at its end
+(step 5). The test then builds two models from that checkpoint
 by its own path, without `trainer/ema.py`: the training weights (the checkpoint's
 `model` entries) and the averages (its `weight_average/averages/<i>` entries, one per
 `model.weights[i]`: trainable weights and batch-norm moving statistics alike), and
@@ -25,10 +26,12 @@ import tensorflow as tf
 import densenet
 from input_pipeline import dataset as dataset_lib
 from input_pipeline import formats
+from in_process import run_main_in_process
 from main_runs import checkpoints
 from main_runs import events
-from main_runs import run_main
 from main_runs import variable_name
+
+pytestmark = pytest.mark.slow
 
 MODEL, IMAGE_SIZE, NUM_CLASSES, BN_MOMENTUM = 'densenet_bc_10_4', 32, 10, 0.5
 STEP = 5  # 1,497 training digits // batch 256: one epoch is 5 steps.
@@ -39,7 +42,7 @@ AVERAGE_KEY = 'weight_average/averages/{}/.ATTRIBUTES/VARIABLE_VALUE'
 def averaged_run(digits_dir, tmp_path_factory):
     """One epoch with weight averaging; its model_dir, eval row and checkpoint prefix."""
     model_dir = str(tmp_path_factory.mktemp('ema') / 'run')
-    result = run_main(
+    result = run_main_in_process(
         [
             f'--model={MODEL}',
             f'--image_size={IMAGE_SIZE}',
@@ -59,8 +62,7 @@ def averaged_run(digits_dir, tmp_path_factory):
             '--shuffle_buffer=256',
             f'--dataset_dir={digits_dir}',
             f'--model_dir={model_dir}',
-        ],
-        env={'TF_CPP_MIN_LOG_LEVEL': '2'},
+        ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(model_dir, 'eval_results.jsonl')) as stream:

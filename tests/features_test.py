@@ -1,16 +1,17 @@
-"""Every training flag of README's table runs end to end through main.py.
+"""Every training flag of README's table runs end to end through main.py's path.
 
-Each row is one `python main.py ...` of a few steps on the tiny DenseNet-BC and small
-digit images; several flags share a row to keep the suite's time down, and the rows
-pair the flags users combine. A row passes when main.py exits 0 with a finite logged
-loss and a checkpoint; two rows check more (the checkpoints --keep_checkpoints keeps,
-the steps float16's loss scaling skips). Mixup and CutMix have their own runs (trainer_mixing_test.py).
-The optimizer x schedule grid, with warmup, runs in this process on a tiny model
-through the trainer's own schedule, optimizer and loop (20 main.py starts would cost
-minutes).
+Each row is one `main.py ...` of a few steps on the tiny DenseNet-BC and small digit
+images, run in this process through main.py's own parse, check and run
+(`tests/in_process.py`: the process is not what a row checks), but for the mirrored
+row (see `_TWO_CPU_LAUNCHER`); several flags share a row to keep the suite's time
+down, and the rows pair the flags users combine. A row passes when main.py exits 0
+with a finite logged loss and a checkpoint; two rows check more (the checkpoints
+--keep_checkpoints keeps, the steps float16's loss scaling skips). Mixup and CutMix
+have their own runs (trainer_mixing_test.py). The optimizer x schedule grid, with
+warmup, runs in this process on a tiny model through the trainer's own schedule,
+optimizer and loop (20 main.py starts would cost minutes).
 """
 
-import concurrent.futures
 import math
 import os
 import re
@@ -19,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 import keras
+from in_process import run_main_in_process
 from main_runs import MAIN
 from main_runs import ROOT
 from main_runs import checkpoint_values
@@ -44,7 +46,11 @@ TINY = [
 ]
 
 # Runs main.py with the CPU split into two logical devices, as conftest.py does for this
-# process, so that --distribution_strategy=mirrored has two replicas.
+# process, so that --distribution_strategy=mirrored has two replicas. That row is a
+# process of its own: TensorFlow's collective ops are keyed per process, and a second
+# MirroredStrategy over the same devices in one process can meet the instance keys of
+# an earlier one's all-reduces with other shapes ("Shape mismatch in the collective
+# instance 100"), which a new process never does.
 _TWO_CPU_LAUNCHER = """
 import runpy, sys
 sys.path.insert(0, {root!r})
@@ -124,29 +130,35 @@ def _check_run(result, model_dir, name):
     return losses
 
 
-def _run_row(name, digits_dir, tmp):
-    model_dir = os.path.join(tmp, name)
-    args = [*TINY, *ROWS[name], f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}']
-    if name != 'mirrored_two_cpus_ema':
-        return run_main(args), model_dir
-    launcher = os.path.join(tmp, 'two_cpus.py')
-    with open(launcher, 'w') as stream:
-        stream.write(_TWO_CPU_LAUNCHER.format(root=ROOT, main=MAIN))
-    return run_main(args, launcher=launcher), model_dir
-
-
 @pytest.fixture(scope='module')
 def rows(digits_dir, tmp_path_factory):
-    """Every row's (result, model_dir), run two at a time: starting is mostly imports."""
+    """`row(name)`: that row's (result, model_dir), run once, when a test first asks.
+
+    In this process, but for the mirrored row (see `_TWO_CPU_LAUNCHER`).
+    """
     tmp = str(tmp_path_factory.mktemp('rows'))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_run_row, name, digits_dir, tmp) for name in ROWS}
-        return {name: future.result() for name, future in futures.items()}
+    done = {}
+
+    def row(name):
+        if name not in done:
+            model_dir = os.path.join(tmp, name)
+            args = [*TINY, *ROWS[name], f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}']
+            if name == 'mirrored_two_cpus_ema':
+                launcher = os.path.join(tmp, 'two_cpus.py')
+                with open(launcher, 'w') as stream:
+                    stream.write(_TWO_CPU_LAUNCHER.format(root=ROOT, main=MAIN))
+                done[name] = run_main(args, launcher=launcher), model_dir
+            else:
+                done[name] = run_main_in_process(args), model_dir
+        return done[name]
+
+    return row
 
 
 @pytest.mark.parametrize('name', sorted(ROWS))
+@pytest.mark.slow
 def test_flags_run_end_to_end(name, rows):
-    result, model_dir = rows[name]
+    result, model_dir = rows(name)
     _check_run(result, model_dir, name)
     if name == 'mirrored_two_cpus_ema':
         assert 'Strategy: MirroredStrategy, 2 replicas' in result.stderr, result.stderr[-3000:]
@@ -167,12 +179,13 @@ def test_flags_run_end_to_end(name, rows):
         assert skipped <= 1 and scale == 2.0 ** (15 - skipped), (skipped, scale)
 
 
+@pytest.mark.slow
 def test_fine_tuning_and_evaluation_only(rows, digits_dir, tmp_path):
     # A run without dropout: the checkpoint's object graph numbers the model's layers,
     # and dropout layers shift the numbers (a known limit of --init_checkpoint).
-    _, first = rows['jit_bfloat16']
+    _, first = rows('jit_bfloat16')
     tuned = str(tmp_path / 'tuned')
-    result = run_main(
+    result = run_main_in_process(
         [
             *TINY,
             f'--dataset_dir={digits_dir}',
@@ -184,7 +197,7 @@ def test_fine_tuning_and_evaluation_only(rows, digits_dir, tmp_path):
     )
     _check_run(result, tuned, 'init_checkpoint')
     assert 'Initialised the weights from' in result.stderr
-    result = run_main(
+    result = run_main_in_process(
         [*TINY[:4], f'--dataset_dir={digits_dir}', f'--only_eval={tuned}/checkpoints']
     )
     assert result.returncode == 0, result.stderr[-3000:]

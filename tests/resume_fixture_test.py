@@ -16,13 +16,18 @@ import shutil
 
 import keras
 import numpy as np
-from main_runs import ROOT, checkpoint_values, checkpoints, run_main
+import pytest
+from in_process import run_main_in_process
+from main_runs import ROOT, checkpoint_values, checkpoints
 
 from trainer import config as config_lib
+
+pytestmark = pytest.mark.slow
 
 FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'resume')
 
 
+@pytest.mark.stack
 def test_a_run_checkpointed_by_the_earlier_code_resumes_bit_identical(tmp_path):
     written = os.path.join(FIXTURE, f'keras{keras.__version__.split(".")[0]}')
     run = tmp_path / 'run'
@@ -30,7 +35,7 @@ def test_a_run_checkpointed_by_the_earlier_code_resumes_bit_identical(tmp_path):
     flagfile = run / 'flags.cfg'
     before = flagfile.read_text()
     # The flags.cfg names the folders of the machine that wrote it: point them here.
-    result = run_main(
+    result = run_main_in_process(
         [f'--flagfile={flagfile}', f'--model_dir={run}', f'--dataset_dir={FIXTURE}/data']
     )
     assert result.returncode == 0, result.stderr[-3000:]

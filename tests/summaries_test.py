@@ -1,6 +1,7 @@
 """Tests of what a run writes for TensorBoard, read back through the real server.
 
-The end-to-end test trains a tiny DenseNet-BC for 4 steps through `main.py`, starts
+The end-to-end test trains a tiny DenseNet-BC for 4 steps through main.py's path (in
+this process, `tests/in_process.py`), starts
 `tensorboard --logdir` on a free loopback port, and compares what its HTTP data API
 serves with `eval_results.jsonl` and with the formulas. The same run's event files are
 read back against independent references: the learning rate against the cosine and
@@ -27,6 +28,7 @@ import pytest
 import tensorflow as tf
 
 import densenet
+from in_process import run_main_in_process
 from input_pipeline import augment
 from main_runs import checkpoints
 from main_runs import events
@@ -85,10 +87,8 @@ def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('summaries')
     data_dir, model_dir = str(tmp / 'digits'), str(tmp / 'run')
     digits.ensure_digits_dataset(data_dir)
-    result = subprocess.run(
+    result = run_main_in_process(
         [
-            sys.executable,
-            os.path.join(ROOT, 'main.py'),
             '--model=densenet_bc_10_4',
             '--image_size=32',
             '--num_classes=10',
@@ -110,12 +110,7 @@ def tiny_run(tmp_path_factory):
             '--profile_steps=2,3',
             f'--dataset_dir={data_dir}',
             f'--model_dir={model_dir}',
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'},
+        ]
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return model_dir, result
@@ -185,6 +180,7 @@ class _TensorBoard:
         self.process.stdout.close()
 
 
+@pytest.mark.slow
 def test_tensorboard_server_serves_the_runs_summaries(tiny_run):
     model_dir, _ = tiny_run
     with open(os.path.join(model_dir, 'eval_results.jsonl')) as stream:
@@ -247,6 +243,7 @@ def test_tensorboard_server_serves_the_runs_summaries(tiny_run):
         server.close()
 
 
+@pytest.mark.slow
 def test_console_shows_banner_and_plain_progress_lines(tiny_run):
     _, result = tiny_run
     output = result.stdout + result.stderr
@@ -275,6 +272,7 @@ def test_console_shows_banner_and_plain_progress_lines(tiny_run):
     assert 'Evaluating [' in result.stderr  # The progress bar's final line.
 
 
+@pytest.mark.slow
 def test_profile_trace_is_written_for_tensorboard(tiny_run):
     model_dir, result = tiny_run
     traces = glob.glob(
@@ -292,6 +290,7 @@ def _checkpointed_model(model_dir, step):
     return model
 
 
+@pytest.mark.slow
 def test_learning_rate_is_the_rate_of_each_logged_steps_update(tiny_run):
     model_dir, _ = tiny_run
     scalars = events(model_dir, 'train', 'scalars')
@@ -306,6 +305,7 @@ def test_learning_rate_is_the_rate_of_each_logged_steps_update(tiny_run):
     assert _expected_learning_rate(2, warmup=False) > 1.1 * expected[2]
 
 
+@pytest.mark.slow
 def test_weight_norm_is_the_norm_of_the_weights_checkpointed_at_that_step(tiny_run):
     model_dir, _ = tiny_run
     scalars = events(model_dir, 'train', 'scalars')
@@ -323,6 +323,7 @@ def test_weight_norm_is_the_norm_of_the_weights_checkpointed_at_that_step(tiny_r
     assert norms[2] != pytest.approx(norms[4], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_histograms_are_every_trainable_weight_at_each_evaluation(tiny_run):
     # README: one histogram per trainable weight, tagged with the weight's name, written
     # at each evaluation (here once, at the end: step 4; step 2 was a log step only).

@@ -1,10 +1,11 @@
-"""Mixup and CutMix train end to end through main.py, and the label contract they use.
+"""Mixup and CutMix train end to end through main.py's path, and the label contract they use.
 
 The input pipeline hands the step int class ids, or with mixup or CutMix float target
 distributions `[batch, classes]`; the step takes both (trainer/step.py). Each run
-here trains the demo's model through main.py for a few steps with mixing on, and the
-loss on a fixed set of batches (the 300 validation digits in batches of 100, computed
-in this process from the run's checkpoints) must fall between its first and its last checkpoint.
+here trains the demo's model through main.py's path (in this process,
+`tests/in_process.py`) for a few steps with mixing on, and the loss on a fixed set of
+batches (the 300 validation digits in batches of 100, computed in this process from
+the run's checkpoints) must fall between its first and its last checkpoint.
 """
 
 import os
@@ -15,8 +16,8 @@ import tensorflow as tf
 
 import densenet
 from input_pipeline import dataset as dataset_lib
+from in_process import run_main_in_process
 from main_runs import checkpoints
-from main_runs import run_mains
 from trainer import checkpoint as checkpoint_lib
 from trainer import step as step_lib
 
@@ -58,11 +59,11 @@ MIXINGS = {
 
 @pytest.fixture(scope='module')
 def mixing_runs(digits_dir, tmp_path_factory):
-    """Name -> (main.py result, model_dir) of each mixing's run, two at a time."""
+    """Name -> (main.py result, model_dir) of each mixing's run."""
     tmp = tmp_path_factory.mktemp('mixing')
     model_dirs = {name: str(tmp / name) for name in MIXINGS}
-    results = run_mains(
-        [
+    results = [
+        run_main_in_process(
             [
                 *_DEMO,
                 *mixing,
@@ -73,13 +74,14 @@ def mixing_runs(digits_dir, tmp_path_factory):
                 f'--keep_checkpoints={_STEPS}',
                 '--log_every_steps=10',
             ]
-            for name, mixing in MIXINGS.items()
-        ]
-    )
+        )
+        for name, mixing in MIXINGS.items()
+    ]
     return {name: (result, model_dirs[name]) for name, result in zip(MIXINGS, results)}
 
 
 @pytest.mark.parametrize('name', sorted(MIXINGS))
+@pytest.mark.slow
 def test_mixing_trains_through_main(name, mixing_runs, digits_dir):
     result, model_dir = mixing_runs[name]
     assert result.returncode == 0, result.stderr[-3000:]

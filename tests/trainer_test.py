@@ -1,6 +1,10 @@
-"""Tests of trainer/: the L2 term, the schedules, and whole runs through main.py."""
+"""Tests of trainer/: the L2 term, the schedules, and whole runs through main.py.
 
-import concurrent.futures
+The epoch runs (a run, a restart from its flags.cfg, evaluations of what it wrote)
+go through main.py's path in this process (`tests/in_process.py`); the run killed in
+its second epoch is a real process, and so is the command-line error.
+"""
+
 import json
 import os
 import signal
@@ -10,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import densenet
+from in_process import run_main_in_process
 from main_runs import Started
 from main_runs import assert_identical
 from main_runs import checkpoint_values
@@ -65,11 +70,18 @@ def _main(*args, check=True):
     return run_main(args, timeout=600, check=check)
 
 
+def _in_process(*args):
+    result = run_main_in_process(args)
+    assert result.returncode == 0, f'main.py {" ".join(args)} failed:\n{result.stderr[-3000:]}'
+    return result
+
+
 def _results(model_dir):
     with open(os.path.join(model_dir, 'eval_results.jsonl')) as stream:
         return [json.loads(line) for line in stream]
 
 
+@pytest.mark.slow
 def test_run_killed_in_its_second_epoch_resumes_bit_identical(digits_dir, tmp_path):
     """A SIGKILL in epoch 2 with the defaults users train with: flips, bfloat16, EMA.
 
@@ -113,11 +125,12 @@ def test_run_killed_in_its_second_epoch_resumes_bit_identical(digits_dir, tmp_pa
 def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
     """An epoch's run, a restart from its flags.cfg, evaluations of its export and checkpoint.
 
-    Each step is checked as it ends; run in a thread, a failed check reaches the test
-    through the future.
+    Each step is checked as it ends.
     """
     flags = [*TINY, f'--bfloat16={precision == "bfloat16"}']
-    result = _main(*flags, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}', '--epochs=1')
+    result = _in_process(
+        *flags, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}', '--epochs=1'
+    )
     assert 'Validation top-1' in result.stdout
     assert f'{precision} compute' in result.stderr
     # Mixed precision keeps float32 weights (and optimizer state) whatever it computes in.
@@ -138,7 +151,7 @@ def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
     # only evaluates.
     # Flags after --flagfile override the file's (it says --keep_checkpoints=5); flags
     # before it are overridden by it.
-    again = _main(
+    again = _in_process(
         '--keep_checkpoints=7',
         f'--flagfile={os.path.join(model_dir, "flags.cfg")}',
         '--keep_checkpoints=3',
@@ -151,7 +164,7 @@ def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
         os.path.join(model_dir, 'saves', 'epoch_001'),
         os.path.join(model_dir, 'checkpoints'),
     ):
-        _main(*flags, f'--dataset_dir={digits_dir}', f'--only_eval={path}')
+        _in_process(*flags, f'--dataset_dir={digits_dir}', f'--only_eval={path}')
         evaluated = _results(model_dir)[-1]
         assert evaluated['num_examples'] == 300
         assert evaluated['top1'] == pytest.approx(last['top1'], abs=1e-6)
@@ -161,25 +174,11 @@ def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
 PRECISIONS = ('float32', 'bfloat16')
 
 
-@pytest.fixture(scope='module')
-def epoch_runs(digits_dir, tmp_path_factory):
-    """Precision -> future of `_epoch_run_and_evaluations`, the two side by side."""
-    tmp = tmp_path_factory.mktemp('epoch_runs')
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(PRECISIONS))
-    futures = {
-        precision: pool.submit(
-            _epoch_run_and_evaluations, precision, digits_dir, str(tmp / precision)
-        )
-        for precision in PRECISIONS
-    }
-    yield futures
-    pool.shutdown()
-
-
 @pytest.mark.parametrize('precision', PRECISIONS)
-def test_epoch_run_writes_everything_and_evaluates_again(precision, epoch_runs):
+@pytest.mark.slow
+def test_epoch_run_writes_everything_and_evaluates_again(precision, digits_dir, tmp_path):
     # bfloat16 is the default precision: the whole path runs in it too.
-    epoch_runs[precision].result()
+    _epoch_run_and_evaluations(precision, digits_dir, str(tmp_path / precision))
 
 
 def test_conflicting_flags_are_one_line_errors(tmp_path):

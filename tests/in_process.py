@@ -1,0 +1,109 @@
+"""main.py's own path run inside the test process: parse, check, write flags.cfg, train.
+
+A short `python main.py ...` in a subprocess spends most of its time importing
+TensorFlow and Keras on one of the machine's two cores. Where the process itself is
+not what a test checks (a feature row, a short training to compare or inspect), the
+test calls `run_main_in_process(args)` instead: the same flags (`main._define_flags`)
+parsed by `main.parse`, then `main.checked_config` and `main.execute`, which is
+everything `main.main` does but the exit. It returns a `subprocess.CompletedProcess`
+as `main_runs.run_main` does, so a test reads `returncode`, `stdout` (the final
+"Validation top-1" line) and `stderr` (the log lines, progress bars and the one-line
+error) alike either way.
+
+What stays a real process (`main_runs.run_main`): command-line errors that must come
+before TensorFlow loads, kills and signals, README's commands run verbatim, the
+console as a terminal sees it, and anything about a second process.
+
+What TensorFlow and Keras keep between runs in one process, and how each is reset
+after every run here (`reset_between_runs`), so that a run starts as in a new process:
+
+- Keras' global state (layer-name counters, Keras 2's graph, Keras 3's seed
+  generator): `keras.backend.clear_session()`.
+- Op determinism, which `--deterministic` turns on for the whole process:
+  `tensorflow.python.framework.config.disable_op_determinism()`.
+- The global random seed the trainer sets: `tf.random.set_seed(None)`, the state of a
+  new process.
+- absl's verbosity, raised to INFO for the run's log lines: restored.
+
+A bug in the trainer (any exception that is not the user's) is raised, not turned into
+a status, so that the test fails with its traceback.
+"""
+
+import contextlib
+import io
+import logging as py_logging
+import os
+import subprocess
+
+from absl import flags
+from absl import logging
+import keras
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+
+import main as main_lib
+from trainer import errors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def reset_between_runs() -> None:
+    """What one trainer run leaves in the process, reset (see the module docstring)."""
+    keras.backend.clear_session()
+    tf_config.disable_op_determinism()
+    tf.random.set_seed(None)
+
+
+@contextlib.contextmanager
+def _in_folder(path):
+    """The working folder of a main.py subprocess (`main_runs.run_main` uses ROOT)."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@contextlib.contextmanager
+def _captured_log(stream):
+    """absl's log lines at INFO and anything written to sys.stderr, into `stream`."""
+    handler = py_logging.StreamHandler(stream)
+    handler.setFormatter(py_logging.Formatter('%(levelname).1s %(message)s'))
+    absl_logger = logging.get_absl_logger()
+    verbosity = logging.get_verbosity()
+    absl_logger.addHandler(handler)
+    logging.set_verbosity(logging.INFO)
+    try:
+        with contextlib.redirect_stderr(stream):
+            yield
+    finally:
+        absl_logger.removeHandler(handler)
+        logging.set_verbosity(verbosity)
+
+
+def run_main_in_process(args) -> subprocess.CompletedProcess:
+    """`python main.py *args` inside this process; see the module docstring."""
+    flag_values = flags.FlagValues()
+    main_lib._define_flags(flag_values)  # pylint: disable=protected-access
+    stream = io.StringIO()
+    returncode, stdout = 0, ''
+    try:
+        with _in_folder(ROOT), _captured_log(stream):
+            try:
+                main_lib.parse(['main.py', *args], flag_values)
+                config = main_lib.checked_config(flag_values)
+                result = main_lib.execute(config, flag_values)
+                if result:
+                    stdout = main_lib.result_line(result) + '\n'
+            except flags.Error as error:
+                returncode = 1
+                stream.write(f'main.py: error: {errors.one_line(error)} (see --helpfull)\n')
+            except Exception as error:  # pylint: disable=broad-except
+                if not errors.is_user_error(error):
+                    raise
+                returncode = 1
+                stream.write(f'main.py: error: {errors.one_line(error)}\n')
+    finally:
+        reset_between_runs()
+    return subprocess.CompletedProcess(['main.py', *args], returncode, stdout, stream.getvalue())
