@@ -15,6 +15,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -96,6 +98,7 @@ def test_largest_batch_search_doubles_then_bisects():
     assert found[20000]['largest'] == 8192 and found[20000]['first_too_big'] is None
 
 
+@pytest.mark.slow
 def test_train_step_overhead_case_reports_fit_at_steps_per_execution():
     """The overhead case at tiny sizes: RESULT has both fit ratios, finite and positive."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')

@@ -270,6 +270,7 @@ def _write_keras2_h5(path, model, *, rename=lambda name: name, order=None):
 
 
 @pytest.mark.parametrize('layout', ['keras2 save_weights', 'applications names', 'model.save'])
+@pytest.mark.stack
 def test_h5_weights_load_by_layer_name(tmp_path, layout):
     source, target = _model(seed=0), _model(seed=1)
     path = str(tmp_path / 'weights.h5')
@@ -285,6 +286,7 @@ def test_h5_weights_load_by_layer_name(tmp_path, layout):
         np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.stack
 def test_keras_weights_h5_file_loads(tmp_path):
     source, target = _model(seed=0), _model(seed=1)
     path = str(tmp_path / 'model.weights.h5')
@@ -298,6 +300,8 @@ def test_keras_weights_h5_file_loads(tmp_path):
     keras.__version__.startswith('3'),
     reason='Keras 2 must write the file: runs in the TensorFlow 2.15 stages of .ci/run',
 )
+@pytest.mark.slow
+@pytest.mark.stack
 def test_keras2_densenet121_save_weights_file_initialises_a_run(tmp_path):
     """A file Keras 2 itself wrote, `DenseNet121.save_weights('x.h5')`, through main.py.
 

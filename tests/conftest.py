@@ -94,3 +94,27 @@ def digits_dir(tmp_path_factory):
 
     digits.ensure_digits_dataset(path)
     return path
+
+
+# The test files that take longest, longest first. pytest-xdist (setup.cfg: two
+# workers, whole files each) deals files out in collection order, so starting with
+# these lets the short ones fill in around them; in alphabetical order the longest
+# came last, and one worker ran them alone for minutes while the other sat idle.
+_LONGEST_FIRST = (
+    'determinism_test.py',
+    'resume_kill_test.py',
+    'trainer_test.py',
+    'data_service_test.py',
+    'densenet_test.py',
+    'trainer_mixing_test.py',
+    'features_test.py',
+    'errors_test.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = os.path.basename(str(item.path))
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # Stable: the order within a file, and of the rest, is kept.

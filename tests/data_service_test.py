@@ -187,6 +187,7 @@ def test_every_example_once_per_epoch_in_the_local_order(service_address, labell
     assert resumed == labels[steps + 3 :]
 
 
+@pytest.mark.slow
 def test_augmentations_and_mixing_are_the_local_ones(service_address, labelled_dir, tmp_path):
     """The kernels users reach for, with their per-example and per-batch seeds."""
     config = config_lib.RunConfig(
@@ -217,6 +218,7 @@ def test_augmentations_and_mixing_are_the_local_ones(service_address, labelled_d
 _DEMO = ['--flagfile=demo.cfg', '--prepare_digits_demo=false', '--log_every_steps=6']
 
 
+@pytest.mark.slow
 def test_main_trains_bit_identical_to_local_and_resumes_exactly(
     service_address, digits_dir, tmp_path
 ):

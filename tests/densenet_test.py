@@ -115,6 +115,7 @@ def test_densenet121_counts(ours121, keras121):
         ('densenet201', 'DenseNet201', 20_242_984),
     ],
 )
+@pytest.mark.slow
 def test_counts_match_keras_applications(name, app, expected):
     reference = getattr(keras.applications, app)(weights=None)
     assert create_model(name).count_params() == reference.count_params()
@@ -128,6 +129,7 @@ def test_counts_match_keras_applications(name, app, expected):
         ('densenet264', 32, (6, 12, 64, 48)),
     ],
 )
+@pytest.mark.slow
 def test_counts_without_keras_reference(name, growth, blocks):
     model = create_model(name)
     assert model.count_params() == _hand_count(growth, blocks, 1000, True)
@@ -195,6 +197,7 @@ def test_layers_and_weights_in_keras_order(ours121, keras121):
             assert ours.strides == theirs.strides
 
 
+@pytest.mark.stack
 def test_logits_match_keras_applications(ours121, keras121, photo):
     rng = np.random.default_rng(0)
     # Random BN statistics and affine terms, so a mis-wired BN cannot pass by
@@ -438,6 +441,7 @@ def test_recomputation_reuses_the_dropout_masks():
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_memory_efficient_densenet121_decays_and_trains_as_plain():
     """L2 decay and the train step's gradients reach every kernel of the recomputed blocks.
 

@@ -67,6 +67,7 @@ def _sum_arities(graph_def):
 
 
 @pytest.mark.parametrize('memory_efficient', [False, True], ids=['plain', 'memory_efficient'])
+@pytest.mark.slow
 def test_densenet121_step_sums_at_most_two_gradient_terms(memory_efficient):
     model = densenet.create_model(
         'densenet121',
@@ -129,6 +130,7 @@ _DEMO = ['--flagfile=demo.cfg', '--prepare_digits_demo=false']
 
 
 @pytest.mark.parametrize('flags', [_DENSENET121, _DEMO], ids=['densenet121', 'demo'])
+@pytest.mark.slow
 def test_killed_in_checkpoint_write_and_resumed_equals_uninterrupted(flags, digits_dir, tmp_path):
     common = [
         *flags,

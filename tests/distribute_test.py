@@ -293,6 +293,7 @@ def test_mirrored_tests_skip_saying_why_there_are_no_two_cpus(monkeypatch, reque
 @pytest.mark.skipif(
     os.path.exists(gaudi.HABANA_DRIVER), reason='a Gaudi driver is loaded on this machine'
 )
+@pytest.mark.stack
 def test_hpu_without_a_gaudi_is_one_clear_error():
     # Before habana-tensorflow loads: without the driver it would abort the process.
     with pytest.raises(errors.UserError) as info:
@@ -326,6 +327,7 @@ def _files_under(folder):
     )
 
 
+@pytest.mark.slow
 def test_multi_worker_trains_in_sync_and_only_the_chief_writes(tmp_path):
     from input_pipeline import digits
 

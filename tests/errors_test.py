@@ -17,6 +17,8 @@ from main_runs import MAIN
 from main_runs import ROOT
 from main_runs import run_main
 
+pytestmark = pytest.mark.slow
+
 TINY = [
     '--model=densenet_bc_10_4',
     '--image_size=32',

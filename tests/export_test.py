@@ -157,6 +157,7 @@ def predicted(exported):
     return result.stdout.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_export_in_a_fresh_process_classifies_as_the_trainer_evaluates(exported, tmp_path):
     script = tmp_path / 'load_export.py'
     script.write_text(_FRESH_PROCESS)
@@ -199,6 +200,7 @@ def test_export_in_a_fresh_process_classifies_as_the_trainer_evaluates(exported,
         assert out['top5_names'][signature] == [NAMES[i] for i in top5]
 
 
+@pytest.mark.slow
 def test_predict_prints_top5_with_names(exported, predicted):
     assert predicted == _predict_lines(exported)
 
@@ -228,6 +230,7 @@ def _parse_saved_model_cli(stdout: str) -> dict:
     return outputs
 
 
+@pytest.mark.slow
 def test_saved_model_cli_run_classifies_as_predict_and_the_trainer(exported, predicted, tmp_path):
     # TensorFlow Serving's way of loading: the graph and its checkpoint, in a session,
     # through the default signature. The README shows the same two steps.

@@ -255,6 +255,7 @@ def _extra(record) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_builds_from_the_official_tars(tmp_path, downloads, capsys):
     root, pixels, labels = downloads
     output = tmp_path / 'records'

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import skimage.data
 import tensorflow as tf
 
@@ -81,6 +82,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_every_example_evaluated_once_on_two_replicas(tmp_path):
     photo = skimage.data.astronaut()
     examples = []

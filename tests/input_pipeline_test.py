@@ -456,6 +456,7 @@ def test_train_dataset_batches(train_files):
         assert np.all(values >= low.min() - 0.02) and np.all(values <= high.max() + 0.02)
 
 
+@pytest.mark.slow
 def test_train_dataset_is_reproducible_by_epoch(train_files):
     two_epochs = 2 * TRAIN_BATCHES_PER_EPOCH
     run = train_batches(train_files, two_epochs + 2)
@@ -497,6 +498,7 @@ def test_train_dataset_skip_batches_resumes_mid_epoch(train_files):
     assert_same_batches(resumed, run[5:])
 
 
+@pytest.mark.slow
 def test_train_dataset_shards_over_input_pipelines(train_files):
     def first_epoch_labels(num_pipelines, num_replicas, batches):
         labels = []
@@ -519,6 +521,7 @@ def test_train_dataset_shards_over_input_pipelines(train_files):
     assert len(set(np.concatenate(by_record))) == 48
 
 
+@pytest.mark.slow
 def test_train_dataset_batches_per_epoch_aligns_uneven_pipelines(train_files):
     # 3 files over 2 pipelines: each epoch one pipeline reads 2 files (~41 records),
     # the other 1 (~21). With the trainer's 62 // (4 x 2) = 7 steps per epoch both

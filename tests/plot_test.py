@@ -75,6 +75,7 @@ def test_plot_draws_both_panels_into_a_png(tmp_path):
     assert (np.abs(colours - [255, 127, 14]).sum(axis=1) < 30).sum() > 200
 
 
+@pytest.mark.slow
 def test_command_line_writes_the_png(tmp_path):
     _write_run(str(tmp_path))
     result = subprocess.run(

@@ -11,6 +11,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from input_pipeline_build_test import check_labels
 from input_pipeline_build_test import make_ilsvrc2012
 from input_pipeline_build_test import read_records
@@ -36,6 +38,7 @@ def _build_command(section: str) -> str:
     return commands[0]
 
 
+@pytest.mark.slow
 def test_readme_conversion_command_builds_labelled_records(tmp_path):
     section = _section()
     command = _build_command(section)

@@ -1,9 +1,11 @@
-"""Keeps README.md true: its quick start, its flags table and its picture."""
+"""Keeps README.md true: its quick start, its flags table, its picture, its test commands."""
 
 import os
 import re
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,3 +56,48 @@ def test_gaudi_install_command_names_the_containers_tensorflow():
     assert command == 'DENSENET_TENSORFLOW=tensorflow-cpu pip install .'
     with open(os.path.join(ROOT, 'setup.py')) as stream:
         assert "os.environ.get('DENSENET_TENSORFLOW', 'tensorflow')" in stream.read()
+
+
+@pytest.mark.slow
+def test_fast_loop_command_selects_no_slow_test_and_every_test_file(tmp_path):
+    """README's fast-loop command, verbatim, with `--collect-only -n 0` added.
+
+    It must collect only tests without the `slow` mark, from every test file but those
+    whose every test is slow, and `-m stack` (the Gaudi stand-in's) must name tests too.
+    """
+    section = _readme().split('## Tests', 1)[1].split('\n## ', 1)[0]
+    command = re.search(r'```sh\n([^\n]+)\n', section).group(1)
+    assert command == 'python -m pytest -q -m "not slow"'
+
+    def collected(*marks):
+        result = subprocess.run(
+            [sys.executable, '-m', 'pytest', '-q', *marks, '--collect-only', '-n', '0'],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return {line for line in result.stdout.splitlines() if '::' in line}
+
+    fast, every, stack = collected('-m', 'not slow'), collected(), collected('-m', 'stack')
+    assert fast < every and stack < every and len(fast) > len(every) / 2
+    files = {test.split('::')[0] for test in every}
+    wholly_slow = {  # Files of one slow run or process, checked in several ways.
+        f'tests/{name}_test.py'
+        for name in (
+            'errors',
+            'resume_kill',
+            'ema',
+            'resume_fixture',
+            'readme_imagenet',
+            'input_pipeline_distributed',
+        )
+    }
+    assert {test.split('::')[0] for test in fast} == files - wholly_slow
+    assert {test.split('::')[0] for test in stack} == {
+        'tests/checkpoint_test.py',
+        'tests/densenet_test.py',
+        'tests/distribute_test.py',
+        'tests/resume_fixture_test.py',
+    }

@@ -23,6 +23,8 @@ from main_runs import run_main as _run
 from main_runs import start_main
 from main_runs import write_pausing_launcher
 
+pytestmark = pytest.mark.slow
+
 STEPS = 23  # One epoch: 1,497 training digits at batch 64.
 FLAGS = [
     '--model=densenet_bc_10_4',

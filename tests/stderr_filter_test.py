@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from main_runs import run_main
 from trainer import stderr_filter
 
@@ -67,6 +69,7 @@ def _run(env_change, tmp_path):
     return run_main(args, env=env_change, drop_env=('TF_CPP_MIN_LOG_LEVEL',))
 
 
+@pytest.mark.slow
 def test_a_run_starts_with_its_banner_and_the_lines_come_back_on_request(tmp_path):
     harmless = re.compile('|'.join(stderr_filter.patterns(nvidia_driver=False)))
     # The two runs side by side: most of each one's time is start-up.
