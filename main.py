@@ -120,19 +120,14 @@ def main(argv):
         print(result_line(result))
 
 
-def parse(argv, flag_values: flags.FlagValues):
-    """Parses the command line into `flag_values`: absl's rules, `--flagfile` included.
+def _parse_flags(argv, flag_values: flags.FlagValues = FLAGS):
+    """absl's parser, with a bad flag reported in the same one line as other errors.
 
     A flag given after `--flagfile` overrides the file's; one given before it is
-    overridden by it. Also what `tests/in_process.py` parses with.
+    overridden by it. `tests/in_process.py` parses with it too, into flags of its own.
     """
-    return flag_values(argv)
-
-
-def _parse_flags(argv):
-    """absl's parser, with a bad flag reported in the same one line as other errors."""
     try:
-        return parse(argv, FLAGS)
+        return flag_values(argv)
     except flags.Error as error:
         logging.debug('Full error', exc_info=True)
         print(f'main.py: error: {errors.one_line(error)} (see --helpfull)', file=sys.stderr)

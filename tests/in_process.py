@@ -4,8 +4,9 @@ A short `python main.py ...` in a subprocess spends most of its time importing
 TensorFlow and Keras on one of the machine's two cores. Where the process itself is
 not what a test checks (a feature row, a short training to compare or inspect), the
 test calls `run_main_in_process(args)` instead: the same flags (`main._define_flags`)
-parsed by `main.parse`, then `main.checked_config` and `main.execute`, which is
-everything `main.main` does but the exit. It returns a `subprocess.CompletedProcess`
+parsed by `main._parse_flags`, then `main.checked_config` and `main.execute`, which is
+everything `main.main` does; a user's error ends in main.py's own one line and status
+1 (`errors.exit_with`), caught here as SystemExit. It returns a `subprocess.CompletedProcess`
 as `main_runs.run_main` does, so a test reads `returncode`, `stdout` (the final
 "Validation top-1" line) and `stderr` (the log lines, progress bars and the one-line
 error) alike either way.
@@ -56,7 +57,10 @@ def reset_between_runs() -> None:
 
 @contextlib.contextmanager
 def _in_folder(path):
-    """The working folder of a main.py subprocess (`main_runs.run_main` uses ROOT)."""
+    """The working folder of a main.py subprocess (`main_runs.run_main` uses ROOT).
+
+    `contextlib.chdir` would do, but it is Python 3.11's, and the Gaudi stand-in runs 3.10.
+    """
     before = os.getcwd()
     os.chdir(path)
     try:
@@ -82,28 +86,31 @@ def _captured_log(stream):
         logging.set_verbosity(verbosity)
 
 
-def run_main_in_process(args) -> subprocess.CompletedProcess:
-    """`python main.py *args` inside this process; see the module docstring."""
+def run_main_in_process(args, check=False) -> subprocess.CompletedProcess:
+    """`python main.py *args` inside this process; see the module docstring.
+
+    With `check`, a run that does not end with status 0 raises with its log's end, as
+    `main_runs.run_main` does.
+    """
     flag_values = flags.FlagValues()
-    main_lib._define_flags(flag_values)  # pylint: disable=protected-access
+    # pylint: disable=protected-access  (main.py's own definitions and parser)
+    main_lib._define_flags(flag_values)
     stream = io.StringIO()
-    returncode, stdout = 0, ''
+    result, returncode = None, 0
     try:
         with _in_folder(ROOT), _captured_log(stream):
             try:
-                main_lib.parse(['main.py', *args], flag_values)
-                config = main_lib.checked_config(flag_values)
-                result = main_lib.execute(config, flag_values)
-                if result:
-                    stdout = main_lib.result_line(result) + '\n'
-            except flags.Error as error:
-                returncode = 1
-                stream.write(f'main.py: error: {errors.one_line(error)} (see --helpfull)\n')
+                main_lib._parse_flags(['main.py', *args], flag_values)
+                result = main_lib.execute(main_lib.checked_config(flag_values), flag_values)
             except Exception as error:  # pylint: disable=broad-except
                 if not errors.is_user_error(error):
                     raise
-                returncode = 1
-                stream.write(f'main.py: error: {errors.one_line(error)}\n')
+                errors.exit_with(error)  # main.py's one line, then SystemExit(1).
+    except SystemExit as stop:  # A bad flag or a user's error: main.py's exit.
+        returncode = stop.code
     finally:
         reset_between_runs()
+    if check and returncode != 0:
+        raise AssertionError(f'main.py {" ".join(args)} failed:\n{stream.getvalue()[-3000:]}')
+    stdout = main_lib.result_line(result) + '\n' if result else ''
     return subprocess.CompletedProcess(['main.py', *args], returncode, stdout, stream.getvalue())

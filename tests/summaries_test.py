@@ -38,8 +38,6 @@ from trainer import step as step_lib
 from trainer import summaries
 from trainer.config import RunConfig
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 TRAIN_TAGS = {
     'loss',
     'cross_entropy',
@@ -79,14 +77,10 @@ def _expected_learning_rate(step, warmup=True):
 
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
+def tiny_run(digits_dir, tmp_path_factory):
     """A 4-step run on the digits, logging and checkpointing every 2 steps, evaluating at
     the end; returns (model_dir, result)."""
-    from input_pipeline import digits
-
-    tmp = tmp_path_factory.mktemp('summaries')
-    data_dir, model_dir = str(tmp / 'digits'), str(tmp / 'run')
-    digits.ensure_digits_dataset(data_dir)
+    model_dir = str(tmp_path_factory.mktemp('summaries') / 'run')
     result = run_main_in_process(
         [
             '--model=densenet_bc_10_4',
@@ -108,7 +102,7 @@ def tiny_run(tmp_path_factory):
             '--keep_checkpoints=10',
             '--histograms',
             '--profile_steps=2,3',
-            f'--dataset_dir={data_dir}',
+            f'--dataset_dir={digits_dir}',
             f'--model_dir={model_dir}',
         ]
     )

@@ -70,12 +70,6 @@ def _main(*args, check=True):
     return run_main(args, timeout=600, check=check)
 
 
-def _in_process(*args):
-    result = run_main_in_process(args)
-    assert result.returncode == 0, f'main.py {" ".join(args)} failed:\n{result.stderr[-3000:]}'
-    return result
-
-
 def _results(model_dir):
     with open(os.path.join(model_dir, 'eval_results.jsonl')) as stream:
         return [json.loads(line) for line in stream]
@@ -128,8 +122,9 @@ def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
     Each step is checked as it ends.
     """
     flags = [*TINY, f'--bfloat16={precision == "bfloat16"}']
-    result = _in_process(
-        *flags, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}', '--epochs=1'
+    result = run_main_in_process(
+        [*flags, f'--dataset_dir={digits_dir}', f'--model_dir={model_dir}', '--epochs=1'],
+        check=True,
     )
     assert 'Validation top-1' in result.stdout
     assert f'{precision} compute' in result.stderr
@@ -151,10 +146,13 @@ def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
     # only evaluates.
     # Flags after --flagfile override the file's (it says --keep_checkpoints=5); flags
     # before it are overridden by it.
-    again = _in_process(
-        '--keep_checkpoints=7',
-        f'--flagfile={os.path.join(model_dir, "flags.cfg")}',
-        '--keep_checkpoints=3',
+    again = run_main_in_process(
+        [
+            '--keep_checkpoints=7',
+            f'--flagfile={os.path.join(model_dir, "flags.cfg")}',
+            '--keep_checkpoints=3',
+        ],
+        check=True,
     )
     assert 'Training already complete' in again.stderr
     rewritten = open(os.path.join(model_dir, 'flags.cfg')).read().splitlines()
@@ -164,7 +162,9 @@ def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
         os.path.join(model_dir, 'saves', 'epoch_001'),
         os.path.join(model_dir, 'checkpoints'),
     ):
-        _in_process(*flags, f'--dataset_dir={digits_dir}', f'--only_eval={path}')
+        run_main_in_process(
+            [*flags, f'--dataset_dir={digits_dir}', f'--only_eval={path}'], check=True
+        )
         evaluated = _results(model_dir)[-1]
         assert evaluated['num_examples'] == 300
         assert evaluated['top1'] == pytest.approx(last['top1'], abs=1e-6)
