@@ -38,6 +38,8 @@ CASES = [
     ({'grad_accum_steps': 3}, ['--grad_accum_steps=3']),
     ({'loss_scale': 'huge'}, ['--loss_scale=huge']),
     ({'profile_steps': (5, 2)}, ['--profile_steps=5,2']),
+    # Trained 104 s until the weights went non-finite, before it was checked.
+    ({'initial_lr': -0.1}, ['--initial_lr=-0.1']),
     (
         {'distribution_strategy': 'tpu', 'device': 'gpu'},
         ['--distribution_strategy=tpu', '--device=gpu'],

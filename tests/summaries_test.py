@@ -56,9 +56,11 @@ TRAIN_TAGS = {
 }
 EVAL_TAGS = {'top1', 'top5', 'loss', 'cross_entropy'}
 
-# The tiny run's schedule: cosine from INITIAL_LR to FINAL_LR over its TRAIN_STEPS,
-# times a linear warmup over WARMUP_STEPS = round(0.13 epochs x 23 steps per epoch).
-TRAIN_STEPS, INITIAL_LR, FINAL_LR, WARMUP_STEPS = 4, 0.05, 0.001, 3
+# The tiny run's schedule: cosine from INITIAL_LR to FINAL_LR over its one epoch of
+# SCHEDULE_STEPS = 23 steps (--epochs=1; --train_steps stops the run at TRAIN_STEPS but
+# does not shorten the schedule), times a linear warmup over WARMUP_STEPS =
+# round(0.13 epochs x 23 steps per epoch).
+TRAIN_STEPS, SCHEDULE_STEPS, INITIAL_LR, FINAL_LR, WARMUP_STEPS = 4, 23, 0.05, 0.001, 3
 LOGGED_STEPS = (2, 4)
 
 
@@ -68,10 +70,10 @@ def _expected_learning_rate(step, warmup=True):
     Keras optimizers evaluate the schedule at their counter before incrementing it, so
     the step-th update uses the schedule at step - 1 (see `tests/schedules_test.py`,
     `test_the_optimizer_applies_the_schedule_at_the_updates_it_has_done`): progress
-    (step - 1) / TRAIN_STEPS, and warmup factor ((step - 1) + 1) / WARMUP_STEPS
+    (step - 1) / SCHEDULE_STEPS, and warmup factor ((step - 1) + 1) / WARMUP_STEPS
     (`warmup=False` leaves it out).
     """
-    progress = (step - 1) / TRAIN_STEPS
+    progress = (step - 1) / SCHEDULE_STEPS
     cosine = FINAL_LR + (INITIAL_LR - FINAL_LR) * (1 + math.cos(math.pi * progress)) / 2
     return cosine * min(1.0, step / WARMUP_STEPS) if warmup else cosine
 
@@ -92,6 +94,7 @@ def tiny_run(digits_dir, tmp_path_factory):
             f'--initial_lr={INITIAL_LR}',
             f'--final_lr={FINAL_LR}',
             '--warmup_epochs=0.13',
+            '--epochs=1',
             # Not --deterministic: under op determinism the input wait is not measured.
             '--seed=3',
             '--shuffle_buffer=256',

@@ -113,13 +113,17 @@ def build_train_state(config: RunConfig) -> TrainState:
     _set_up_determinism(config)
     strategy = _create_strategy(config)
     data = RunData(config, strategy)
-    total_steps = config.train_steps or config.epochs * data.steps_per_epoch
+    # The schedule spans --epochs whatever --train_steps says: --train_steps only stops
+    # the run, so that a run stopped there and restarted with a larger one is the run
+    # that was never stopped, and a short smoke run trains at the recipe's rates.
+    schedule_steps = config.epochs * data.steps_per_epoch
+    total_steps = config.train_steps or schedule_steps
     with strategy.scope():
         model = build_model(config)
         schedule = schedules.from_config(
             config,
             steps_per_epoch=data.steps_per_epoch,
-            total_steps=total_steps,
+            total_steps=schedule_steps,
             global_batch_size=data.global_batch_size,
         )
         decayed_variables = step_lib.decayed_variables(model)
