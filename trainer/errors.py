@@ -11,12 +11,15 @@ working.
 """
 
 import contextlib
+import errno
 import re
 import sys
 import traceback
-from typing import Iterator, NoReturn
+from typing import Iterator, NoReturn, Optional
 
 from absl import logging
+
+from trainer import stderr_filter
 
 
 class UserError(ValueError):
@@ -36,6 +39,58 @@ class CheckpointError(UserError):
 _DATA_CHECK = re.compile(r'label out of range|undecodable image in|TFRecord file ', re.IGNORECASE)
 
 
+# What the operating system says when the disk or its permissions stop a read or
+# write: an OSError's errno, or the text TensorFlow's file ops put in their message
+# (a checkpoint on a full disk raises ResourceExhaustedError "...; No space left on
+# device"). The machine's state, not the trainer's doing: one line naming the path.
+_ENVIRONMENT = {
+    errno.ENOSPC: 'no space left on the device',
+    errno.EDQUOT: 'over the disk quota',
+    errno.EROFS: 'the file system is read-only',
+    errno.EACCES: 'permission denied',
+    errno.EPERM: 'permission denied',
+}
+_ENVIRONMENT_TEXT = re.compile(
+    r'(?P<path>\S+?)[;:,]?\s*(?P<cause>No space left on device|Disk quota exceeded|'
+    r'Read-only file system|Permission denied)',
+    re.IGNORECASE,
+)
+
+
+def _environment_line(error: BaseException) -> Optional[str]:
+    """'PATH: CAUSE (what to do)' for a full, read-only or forbidden file system."""
+    if isinstance(error, OSError) and error.errno in _ENVIRONMENT:
+        path, cause = error.filename, _ENVIRONMENT[error.errno]
+    else:
+        message = getattr(error, 'message', None) or str(error)
+        message = re.sub(r'\{\{function_node [^}]*\}\}', '', message)
+        match = _ENVIRONMENT_TEXT.search(message)
+        if not match or not isinstance(error, (OSError, _tf_op_error())):
+            return None
+        path, cause = match.group('path'), match.group('cause').lower()
+        if cause.startswith('no space'):
+            cause = 'no space left on the device'
+    # A checkpoint is written as ckpt-N_temp/part-... and a file as NAME.tmpHEX, then
+    # renamed: name what was being written.
+    path = re.sub(r'(_temp/part-\S*|\.tmp[0-9a-f]+)$', '', str(path or '?'))
+    if 'space' in cause or 'quota' in cause:
+        advice = (
+            'free some space, or move the run folder elsewhere, and start the same command '
+            'again: it resumes from the last checkpoint, which is intact'
+        )
+    else:
+        advice = 'use a folder this user can write, or change its permissions'
+    return f'{path}: {cause} ({advice})'
+
+
+def _tf_op_error():
+    if 'tensorflow' not in sys.modules:
+        return ()
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (loaded by then)
+
+    return tf.errors.OpError
+
+
 def one_line(error: BaseException) -> str:
     """A readable single line for an error the user caused.
 
@@ -43,6 +98,9 @@ def one_line(error: BaseException) -> str:
     ops it ran in (`{{function_node ...}}`, `[Op:...]`), and prints the data of a
     `tf.debugging.Assert` as `] [`-separated items: all that is noise to the user.
     """
+    environment = _environment_line(error)
+    if environment:
+        return environment
     message = getattr(error, 'message', None) or str(error) or type(error).__name__
     # The input pipeline's own messages name the file: a bad label, image or TFRecord file.
     match = re.search(f'({_DATA_CHECK.pattern})[^\\n]*', message, re.IGNORECASE)
@@ -57,6 +115,8 @@ def is_user_error(error: BaseException) -> bool:
     """Whether `error` is a mistake in the flags, files or data, rather than a bug."""
     if isinstance(error, (UserError, FileNotFoundError, PermissionError)):
         return True
+    if _environment_line(error):
+        return True  # A full, read-only or forbidden file system.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top  (loaded by then)
 
     if isinstance(error, (tf.errors.DataLossError, tf.errors.NotFoundError)):
@@ -69,7 +129,7 @@ def is_user_error(error: BaseException) -> bool:
 def exit_with(error: BaseException) -> NoReturn:
     """Ends the program with one readable line; the traceback only with --v=1."""
     logging.debug('Full error', exc_info=True)
-    print(f'main.py: error: {one_line(error)}', file=sys.stderr)
+    stderr_filter.print_last(f'main.py: error: {one_line(error)}')
     sys.exit(1)
 
 
@@ -79,11 +139,10 @@ def report_bug() -> NoReturn:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     traceback.print_exc()
-    print(
+    stderr_filter.print_last(
         'main.py: internal error: the exception above is a bug in the trainer, not a '
         f'mistake in your flags or data (TensorFlow {tf.__version__}, Keras '
-        f'{keras.__version__}); please report it with the traceback',
-        file=sys.stderr,
+        f'{keras.__version__}); please report it with the traceback'
     )
     sys.exit(2)
 

@@ -70,6 +70,9 @@ for line in sys.stdin.buffer:
 """
 
 
+_installed = None  # The filter process, once `install()` has routed descriptor 2.
+
+
 def patterns(nvidia_driver: bool) -> tuple:
     """The harmless lines' patterns; the cuInit failure only matters with a driver."""
     return _HARMLESS if nvidia_driver else _HARMLESS + (_NO_DRIVER_CUINIT,)
@@ -113,4 +116,36 @@ def install() -> bool:
             pass
 
     atexit.register(finish)
+    global _installed
+    _installed = filter_process
     return True
+
+
+def print_last(text: str) -> None:
+    """Prints `text` on standard error as the program's last line (an error's one line).
+
+    TensorFlow's C++ runtime may still write to descriptor 2 as the program ends (a
+    tf.data `local_rendezvous` notice, the `[[{{node Assert}}]]` of a failed check),
+    and Python's garbage collection may log warnings about objects it ends (a failed
+    restore's "Value in checkpoint could not be found", a hundred lines): after the
+    error, all of that is noise that hides it. With the filter installed, the line goes
+    through it (after every C++ line already written), then descriptor 2 and Python's
+    standard error go to /dev/null. Without it (`TF_CPP_MIN_LOG_LEVEL` set: the user
+    asked for everything, or inside a test) the line is simply printed.
+    """
+    if _installed is None:
+        print(text, file=sys.stderr, flush=True)
+        return
+    sys.stderr.flush()
+    os.write(2, (text.rstrip('\n') + '\n').encode('utf-8', 'backslashreplace'))
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)  # The pipe's last writer is gone: the filter drains it and ends.
+    os.close(devnull)
+    try:
+        _installed.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    sys.stderr = open(os.devnull, 'w')
+    from absl import logging  # pylint: disable=g-import-not-at-top
+
+    logging.get_absl_handler().python_handler.stream = sys.stderr
