@@ -12,8 +12,10 @@ TensorFlow is loaded, so that a mistyped command fails at once.
 """
 
 import dataclasses
+import os
 import sys
 import typing
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -22,6 +24,7 @@ from absl import logging
 from trainer import config as config_lib
 from trainer import errors
 from trainer import run_folder
+from trainer import run_lock
 from trainer import stderr_filter
 
 FLAGS = flags.FLAGS
@@ -87,15 +90,36 @@ def execute(config: config_lib.RunConfig, flag_values: flags.FlagValues):
     # flags.cfg holds the resolved pair (--precision wins over the seed's --bfloat16),
     # so that a restart from it is the same run.
     flag_values.precision, flag_values.bfloat16 = config.precision, config.bfloat16
-    from trainer import distribute  # pylint: disable=g-import-not-at-top  (TensorFlow)
-    from trainer import run  # pylint: disable=g-import-not-at-top
+    if config.only_eval or not config_lib.is_chief_task():
+        # Other workers of a multi-worker run write nothing; --only_eval writes one row.
+        from trainer import run  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
-    if config.only_eval:
-        return run.evaluate(config)
-    if distribute.is_chief_task():  # Other workers of a multi-worker run write nothing.
-        lines = [flag_values[name].serialize() for name in sorted(_FIELDS)]
-        run_folder.write_flagfile(config.model_dir, lines)
-    return run.train(config)
+        return run.evaluate(config) if config.only_eval else run.train(config)
+    # Taken before TensorFlow loads and before anything is written: a second trainer on
+    # the folder is refused at once, leaving it as it was (trainer/run_lock.py).
+    folder_lock = run_lock.acquire(config.model_dir)
+    try:
+        from trainer import run  # pylint: disable=g-import-not-at-top
+
+        run_folder.write_flagfile(config.model_dir, _flagfile_lines(flag_values))
+        return run.train(config, folder_lock)
+    finally:
+        folder_lock.release()
+
+
+def _flagfile_lines(flag_values: flags.FlagValues):
+    """flags.cfg's lines: every flag, with local paths made absolute.
+
+    So that `--flagfile=<run>/flags.cfg` resumes the same run from any working folder.
+    """
+    lines = []
+    for name in sorted(_FIELDS):
+        value = flag_values[name].value
+        if name in config_lib.PATH_FIELDS and value and config_lib.is_local(value):
+            lines.append(f'--{name}={os.path.abspath(value)}')
+        else:
+            lines.append(flag_values[name].serialize())
+    return lines
 
 
 def result_line(result) -> str:
@@ -123,15 +147,86 @@ def main(argv):
 def _parse_flags(argv, flag_values: flags.FlagValues = FLAGS):
     """absl's parser, with a bad flag reported in the same one line as other errors.
 
-    A flag given after `--flagfile` overrides the file's; one given before it is
-    overridden by it. `tests/in_process.py` parses with it too, into flags of its own.
+    A flag given after `--flagfile` overrides the file's. One given before a flagfile
+    that sets it again would be overridden silently, so it is refused, as is a run's
+    flags.cfg that is not in the folder its --model_dir names (`_check_flagfiles`).
+    `tests/in_process.py` parses with it too, into flags of its own.
     """
+    given = list(argv)
     try:
-        return flag_values(argv)
+        _check_flag_order(given, flag_values)
+        remaining = flag_values(given)
     except flags.Error as error:
         logging.debug('Full error', exc_info=True)
-        print(f'main.py: error: {errors.one_line(error)} (see --helpfull)', file=sys.stderr)
+        message = errors.one_line(error).removeprefix('ERROR:: ')  # absl's, for a flagfile
+        print(f'main.py: error: {message} (see --helpfull)', file=sys.stderr)
         sys.exit(1)
+    except errors.UserError as error:
+        errors.exit_with(error)
+    try:
+        _check_run_flagfile(given, flag_values)
+    except errors.UserError as error:
+        errors.exit_with(error)
+    return remaining
+
+
+def _flag_name(arg: str, flag_values: flags.FlagValues) -> Optional[str]:
+    """The flag an argument sets: `--model_dir=x` and `--nodeterministic` alike."""
+    if not arg.startswith('-') or arg in ('-', '--'):
+        return None
+    name = arg.lstrip('-').split('=', 1)[0]
+    if name not in flag_values and name.startswith('no') and name[2:] in flag_values:
+        return name[2:]
+    return name
+
+
+def _flagfiles(args):
+    """(position, path) of each `--flagfile=PATH` among `args`."""
+    return [
+        (index, arg.split('=', 1)[1])
+        for index, arg in enumerate(args)
+        if arg.lstrip('-').startswith('flagfile=')
+    ]
+
+
+def _check_flag_order(argv, flag_values: flags.FlagValues) -> None:
+    """Refuses a flag that a flagfile after it sets again: the file would win silently."""
+    for index, path in _flagfiles(argv):
+        # absl's own reading of the file (nested --flagfile lines included).
+        in_file = flag_values.read_flags_from_files(['main.py', f'--flagfile={path}'])
+        set_by_file = {_flag_name(arg, flag_values) for arg in in_file[1:]}
+        for arg in argv[1:index]:
+            name = _flag_name(arg, flag_values)
+            if name and name != 'flagfile' and name in set_by_file:
+                raise errors.UserError(
+                    f'{arg} comes before --flagfile={path}, which sets --{name} again and '
+                    f'would win: put {arg} after --flagfile'
+                )
+
+
+def _check_run_flagfile(argv, flag_values: flags.FlagValues) -> None:
+    """Refuses a run's flags.cfg that is not in the folder its --model_dir names.
+
+    A run folder that was moved or copied still holds the old --model_dir in its
+    flags.cfg: followed silently, it would start again from step 0 in the old place.
+    A --model_dir given after the flagfile is the user's choice and wins.
+    """
+    files = _flagfiles(argv)
+    if not files:
+        return
+    index, path = files[-1]
+    if os.path.basename(path) != run_folder.FLAGFILE or not flag_values['model_dir'].value:
+        return
+    if any(_flag_name(arg, flag_values) == 'model_dir' for arg in argv[index + 1 :]):
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    model_dir = flag_values['model_dir'].value
+    if config_lib.is_local(model_dir) and os.path.abspath(model_dir) != folder:
+        raise errors.UserError(
+            f'--flagfile={path} is in {folder}, but its --model_dir is {model_dir} (the run '
+            f'was moved or copied?): to continue it in {folder}, add --model_dir={folder} '
+            'after --flagfile; to use the other folder, pass that one\'s flags.cfg'
+        )
 
 
 if __name__ == '__main__':

@@ -18,7 +18,9 @@ The race shows on some runs only, so one equal pair proves little. Here:
 """
 
 import collections
+import re
 import signal
+import socket
 
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ import densenet
 from main_runs import Started
 from main_runs import checkpoints
 from main_runs import differing_values
+from main_runs import folder_bytes
 from main_runs import run_main
 from main_runs import start_main
 from main_runs import write_pausing_launcher
@@ -152,6 +155,20 @@ def test_killed_in_checkpoint_write_and_resumed_equals_uninterrupted(flags, digi
         [*common, f'--model_dir={killed_dir}'], launcher=launcher, env={'PAUSE_CHECKPOINT_AT': '4'}
     )
     run.wait_for(r'PAUSED IN CHECKPOINT WRITE')
+    # While it runs, a second trainer on its folder is refused before writing anything,
+    # with the same flags or another seed (seen: both ran, both exited 0).
+    before = folder_bytes(killed_dir)
+    for second in ([], ['--seed=9']):
+        refused = run_main([*common, f'--model_dir={killed_dir}', *second])
+        assert refused.returncode == 1, refused.stderr[-3000:]
+        assert re.fullmatch(
+            rf'main\.py: error: --model_dir={re.escape(killed_dir)} is in use by pid '
+            rf'{run.process.pid} on host {re.escape(socket.gethostname())}, training since '
+            r'[-0-9: ]+UTC: wait for it to end or stop it, or use another --model_dir',
+            refused.stderr.strip().splitlines()[-1],
+        ), refused.stderr[-3000:]
+    assert folder_bytes(killed_dir) == before
+    # SIGKILLed, it leaves its lock file, but no lock: the restart below takes the folder.
     run.process.kill()
     assert run.finish() == -signal.SIGKILL
     assert sorted(checkpoints(killed_dir)) == [2]

@@ -86,11 +86,11 @@ def _captured_log(stream):
         logging.set_verbosity(verbosity)
 
 
-def run_main_in_process(args, check=False) -> subprocess.CompletedProcess:
+def run_main_in_process(args, check=False, cwd=ROOT) -> subprocess.CompletedProcess:
     """`python main.py *args` inside this process; see the module docstring.
 
     With `check`, a run that does not end with status 0 raises with its log's end, as
-    `main_runs.run_main` does.
+    `main_runs.run_main` does. `cwd` is the working folder it runs in.
     """
     flag_values = flags.FlagValues()
     # pylint: disable=protected-access  (main.py's own definitions and parser)
@@ -98,7 +98,7 @@ def run_main_in_process(args, check=False) -> subprocess.CompletedProcess:
     stream = io.StringIO()
     result, returncode = None, 0
     try:
-        with _in_folder(ROOT), _captured_log(stream):
+        with _in_folder(cwd), _captured_log(stream):
             try:
                 main_lib._parse_flags(['main.py', *args], flag_values)
                 result = main_lib.execute(main_lib.checked_config(flag_values), flag_values)

@@ -121,6 +121,17 @@ class Started:
         return ''.join(self.lines[-30:])
 
 
+def folder_bytes(folder):
+    """Relative path -> contents of every file below `folder`: to show it untouched."""
+    contents = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            with open(path, 'rb') as stream:
+                contents[os.path.relpath(path, folder)] = stream.read()
+    return contents
+
+
 def checkpoint_values(prefix):
     """Every training value in a checkpoint (not the save counter, which counts saves).
 

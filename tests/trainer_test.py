@@ -144,16 +144,16 @@ def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
     assert ('--bfloat16' if precision == 'bfloat16' else '--nobfloat16') in flag_lines
     # The flag file reproduces the run's configuration: a restart with it resumes and
     # only evaluates.
-    # Flags after --flagfile override the file's (it says --keep_checkpoints=5); flags
-    # before it are overridden by it.
-    again = run_main_in_process(
-        [
-            '--keep_checkpoints=7',
-            f'--flagfile={os.path.join(model_dir, "flags.cfg")}',
-            '--keep_checkpoints=3',
-        ],
-        check=True,
+    # Flags after --flagfile override the file's (it says --keep_checkpoints=5); a flag
+    # before it, which the file would silently override, is refused.
+    flagfile = f'--flagfile={os.path.join(model_dir, "flags.cfg")}'
+    refused = run_main_in_process(['--keep_checkpoints=7', flagfile])
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f'main.py: error: --keep_checkpoints=7 comes before {flagfile}, which sets '
+        '--keep_checkpoints again and would win: put --keep_checkpoints=7 after --flagfile'
     )
+    again = run_main_in_process([flagfile, '--keep_checkpoints=3'], check=True)
     assert 'Training already complete' in again.stderr
     rewritten = open(os.path.join(model_dir, 'flags.cfg')).read().splitlines()
     assert '--keep_checkpoints=5' in flag_lines and '--keep_checkpoints=3' in rewritten

@@ -23,7 +23,7 @@ import os
 import re
 import shutil
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from absl import logging
 import tensorflow as tf
@@ -117,6 +117,8 @@ class CheckpointState:
       keep: checkpoints kept; older ones are deleted.
       chief: whether this worker's files are kept.
       worker_id: names the private folder of a worker that is not the chief.
+      before_save: called before each save; raises to stop the save (the run folder's
+        lock check, `trainer/run_lock.py`).
       **extra: further trackables to save and restore with the model, such as a loss
         scaler or EMA weights (anything `tf.train.Checkpoint` accepts). Their float
         variables are checked for NaN and infinity before every save, like the model's.
@@ -131,6 +133,7 @@ class CheckpointState:
         keep: int = 5,
         chief: bool = True,
         worker_id: int = 0,
+        before_save: Optional[Callable[[], None]] = None,
         **extra,
     ):
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
@@ -140,6 +143,7 @@ class CheckpointState:
         self.keep = keep
         self.root = directory
         self.directory = directory if chief else os.path.join(directory, f'.worker_{worker_id}')
+        self._before_save = before_save
         self._make_managers()
 
     def _make_managers(self) -> None:
@@ -177,6 +181,8 @@ class CheckpointState:
           errors.CheckpointError: there are checkpoints but none is usable, or the newest
             usable one does not fit the model (another --model or --num_classes).
         """
+        if self.chief:
+            self._remove_unfinished()
         prefixes, stamps, from_state = list_checkpoints(self.root)
         if prefixes and not from_state:
             logging.warning(
@@ -215,6 +221,18 @@ class CheckpointState:
             )
         return None
 
+    def _remove_unfinished(self) -> None:
+        """Removes the `ckpt-N_temp` folders of saves a kill or a full disk cut short.
+
+        TensorFlow writes a checkpoint's files there and renames them into place, so a
+        `_temp` folder holds only an unfinished write that nothing will read. Called
+        once the run holds its folder (`trainer/run_lock.py`), so no other process is
+        writing one.
+        """
+        for path in tf.io.gfile.glob(os.path.join(self.root, f'{_PREFIX}-*_temp')):
+            logging.info('Removing %s, the files of a checkpoint write that did not finish', path)
+            tf.io.gfile.rmtree(path)
+
     def _set_aside(self, prefixes: Sequence[str]) -> None:
         folder = os.path.join(self.root, UNUSABLE_FOLDER)
         tf.io.gfile.makedirs(folder)
@@ -244,6 +262,8 @@ class CheckpointState:
                 f'{bad} is not finite at step {step}; no checkpoint written (the newest, '
                 f'{self.latest or "none"}, is unaffected)'
             )
+        if self._before_save:
+            self._before_save()
         path = self.manager.save(checkpoint_number=step)
         if not self.chief:
             shutil.rmtree(self.directory, ignore_errors=True)

@@ -36,6 +36,10 @@ LAYOUTS = ('slim', 'tpu', 'tfds')
 RUN_IDENTITY = ('model', 'image_size', 'num_classes', 'memory_efficient')
 
 
+# The fields that name files or folders: flags.cfg stores them absolute.
+PATH_FIELDS = ('dataset_dir', 'model_dir', 'init_checkpoint', 'only_eval')
+
+
 class ConfigError(errors.UserError):
     """A value or combination of values that cannot work; names the flag."""
 
@@ -321,6 +325,29 @@ def _profile_steps(values) -> Optional[Tuple[int, int]]:
     if not 1 <= first <= last:
         raise ConfigError(f'--profile_steps={first},{last} needs 1 <= A <= B')
     return first, last
+
+
+def chief_rule(task_type, task_id, cluster_has_chief: bool) -> bool:
+    """Whether a task of a tf.distribute cluster is the chief, the one that writes."""
+    return (
+        task_type is None
+        or task_type == 'chief'
+        or (task_type == 'worker' and task_id == 0 and not cluster_has_chief)
+    )
+
+
+def is_chief_task() -> bool:
+    """Whether TF_CONFIG makes this process the chief (True without TF_CONFIG).
+
+    The rule of `trainer/distribute.py`'s `is_chief`, for code that runs before a
+    strategy exists and before TensorFlow is loaded (taking the run folder, writing
+    flags.cfg): the `chief` task, or worker 0 of a cluster without one.
+    """
+    tf_config = json.loads(os.environ.get('TF_CONFIG') or '{}')
+    task = tf_config.get('task', {})
+    return chief_rule(
+        task.get('type'), task.get('index', 0), 'chief' in tf_config.get('cluster', {})
+    )
 
 
 def is_local(path: str) -> bool:

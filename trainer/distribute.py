@@ -110,29 +110,8 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     resolver = getattr(strategy, 'cluster_resolver', None)
     if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return True
-    return _is_chief_task(
+    return config_lib.chief_rule(
         resolver.task_type, resolver.task_id, 'chief' in resolver.cluster_spec().as_dict()
-    )
-
-
-def _is_chief_task(task_type, task_id, cluster_has_chief: bool) -> bool:
-    return (
-        task_type is None
-        or task_type == 'chief'
-        or (task_type == 'worker' and task_id == 0 and not cluster_has_chief)
-    )
-
-
-def is_chief_task() -> bool:
-    """Whether TF_CONFIG makes this process the chief (True without TF_CONFIG).
-
-    The same rule as `is_chief`, for code that runs before a strategy exists (writing
-    flags.cfg): the `chief` task, or worker 0 of a cluster without one.
-    """
-    tf_config = json.loads(os.environ.get('TF_CONFIG') or '{}')
-    task = tf_config.get('task', {})
-    return _is_chief_task(
-        task.get('type'), task.get('index', 0), 'chief' in tf_config.get('cluster', {})
     )
 
 

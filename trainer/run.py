@@ -22,6 +22,7 @@ import densenet
 from trainer import actions
 from trainer import banner
 from trainer import checkpoint as checkpoint_lib
+from trainer import config as config_lib
 from trainer import class_names as class_names_lib
 from trainer import console
 from trainer import distribute
@@ -36,6 +37,7 @@ from trainer import precision
 from trainer import preemption
 from trainer import profiling
 from trainer import run_folder
+from trainer import run_lock
 from trainer import schedules
 from trainer import step as step_lib
 from trainer import summaries
@@ -108,8 +110,14 @@ class TrainState:
     step: int
 
 
-def build_train_state(config: RunConfig) -> TrainState:
-    """Builds the training state and restores the newest checkpoint (or --init_checkpoint)."""
+def build_train_state(
+    config: RunConfig, folder_lock: Optional[run_lock.RunLock] = None
+) -> TrainState:
+    """Builds the training state and restores the newest checkpoint (or --init_checkpoint).
+
+    With `folder_lock`, each checkpoint is written only while the folder is still this
+    run's (`RunLock.check`: on remote stores another start may have taken it over).
+    """
     _set_up_determinism(config)
     strategy = _create_strategy(config)
     data = RunData(config, strategy)
@@ -150,6 +158,7 @@ def build_train_state(config: RunConfig) -> TrainState:
         keep=config.keep_checkpoints,
         chief=distribute.is_chief(strategy),
         worker_id=distribute.worker_id(strategy),
+        before_save=folder_lock.check if folder_lock else None,
         **extra_state,
     )
     if not checkpoint.restore_latest() and config.init_checkpoint:
@@ -272,15 +281,24 @@ def _actions(state: TrainState, writers, evaluate, profiler, watcher, chief: boo
     ]
 
 
-def train(config: RunConfig) -> Optional[Dict[str, float]]:
+def train(
+    config: RunConfig, folder_lock: Optional[run_lock.RunLock] = None
+) -> Optional[Dict[str, float]]:
     """Trains (or resumes) the run described by `config`; returns the last evaluation.
 
     SIGTERM or SIGINT (Ctrl-C) writes a checkpoint at the next loop boundary and returns
     (see `trainer/preemption.py`); starting again with the same config resumes.
+    `folder_lock` is the run folder's lock when the caller has taken it (`main.py`,
+    before writing flags.cfg); otherwise the chief takes it here (`trainer/run_lock.py`).
     """
     _prepare(config)
-    with preemption.PreemptionWatcher() as watcher:
-        state = build_train_state(config)
+    with (
+        preemption.PreemptionWatcher() as watcher,
+        run_lock.holding(
+            config.model_dir, folder_lock, chief=config_lib.is_chief_task()
+        ) as folder_lock,
+    ):
+        state = build_train_state(config, folder_lock)
         watcher.attach(state.strategy, state.checkpoint)
         chief = distribute.is_chief(state.strategy)
         for line in banner.banner_lines(
@@ -379,5 +397,27 @@ def evaluate(config: RunConfig) -> Dict[str, float]:
         **evaluation.make_evaluator(strategy, data, predict)(),
         'path': path,
     }
-    evaluation.append_result(config.model_dir or run_folder.of(path), result)
+    _append_only_eval_result(config.model_dir or run_folder.of(path), result)
     return result
+
+
+def _append_only_eval_result(run_dir: str, result: Dict) -> None:
+    """Adds an --only_eval row to the run folder's results, unless a trainer holds it.
+
+    Evaluating a checkpoint of a run in progress is allowed, but its eval_results.jsonl
+    is the trainer's to rewrite: the row would race with the trainer's own. So the
+    folder is taken for the moment of the write, or the row is left out, said in a line.
+    """
+    try:
+        lock = run_lock.acquire(run_dir, purpose='adding an --only_eval result')
+    except run_lock.FolderInUseError as error:
+        logging.warning(
+            'Not added to %s/eval_results.jsonl, which is in use by %s: the result is only printed',
+            run_dir,
+            error.holder,
+        )
+        return
+    try:
+        evaluation.append_result(run_dir, result)
+    finally:
+        lock.release()
