@@ -407,7 +407,12 @@ def _append_only_eval_result(run_dir: str, result: Dict) -> None:
     Evaluating a checkpoint of a run in progress is allowed, but its eval_results.jsonl
     is the trainer's to rewrite: the row would race with the trainer's own. So the
     folder is taken for the moment of the write, or the row is left out, said in a line.
+    On a remote store, where taking the folder would stop its trainer
+    (`trainer/run_lock.py`), the row is added as before.
     """
+    if not config_lib.is_local(run_dir):
+        evaluation.append_result(run_dir, result)
+        return
     try:
         lock = run_lock.acquire(run_dir, purpose='adding an --only_eval result')
     except run_lock.FolderInUseError as error:
