@@ -41,8 +41,9 @@ Shards are written by `--num_workers` processes (one per CPU, fewer for a small 
 each under a hidden temporary name renamed when complete, so a rerun keeps finished
 shards and writes only the rest. Like TF-slim we decode every image once: grayscale and
 colour JPEGs are kept byte for byte, CMYK JPEGs and anything else (one train "JPEG" is a
-PNG) are re-encoded as RGB JPEGs, and an image that does not decode stops the build with
-its name. At the end the records of every shard are counted and checked against the
+PNG) are re-encoded as RGB JPEGs, and an image that does not decode, decodes only with
+libjpeg's warning that data is missing, or that the trainer would refuse (too large,
+too few bytes for its size: `decode.jpeg_problem`) stops the build with its name. At the end the records of every shard are counted and checked against the
 sources.
 """
 
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import importlib.resources
 import io
@@ -60,8 +62,9 @@ import re
 import struct
 import sys
 import tarfile
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 # TF-slim's shard counts: ~1,250 train and ~390 validation images (~140 MB) per shard.
 TRAIN_SHARDS = 1024
@@ -83,6 +86,16 @@ _GROUND_TRUTH = 'ILSVRC2012_validation_ground_truth.txt'
 _META = 'meta.mat'
 # The least images worth a worker process of their own (see `_default_workers`).
 _IMAGES_PER_WORKER = 1000
+# libjpeg's warnings that data is missing and was filled in (jerror.h: JWRN_HIT_MARKER,
+# JWRN_JPEG_EOF, JWRN_HUFF_BAD_CODE, JWRN_MUST_RESYNC). Others are harmless and pass:
+# "Corrupt JPEG data: N extraneous bytes before marker" (JWRN_EXTRANEOUS_DATA), which a
+# few ILSVRC2012 train images are known to print, decodes every pixel.
+_LIBJPEG_DATA_LOST = (
+    'premature end of data segment',
+    'Premature end of JPEG file',
+    'bad Huffman code',
+    'instead of RST',
+)
 # Progress lines when stderr is not a terminal: at most one per this many seconds.
 _LOG_INTERVAL_S = 30.0
 
@@ -111,12 +124,55 @@ class Source:
             return stream.read(self.size)
 
 
-def _tar_members(path: str, base: int = 0, fileobj=None) -> Iterable[tuple[str, int, int]]:
-    """(name, absolute data offset, size) of a tar's regular files, reading headers only."""
-    with tarfile.open(path if fileobj is None else None, mode='r:', fileobj=fileobj) as archive:
-        for member in archive:
-            if member.isfile():
-                yield os.path.basename(member.name), base + member.offset_data, member.size
+def _tar_members(
+    path: str, base: int = 0, fileobj=None, where: str = ''
+) -> Iterable[tuple[str, int, int]]:
+    """(name, absolute data offset, size) of a tar's regular files, reading headers only.
+
+    A damaged tar is named, with the member after which it stops being readable:
+    Python's `tarfile` says "invalid header" naming neither, and a bad header or a cut
+    after the first member just ends its listing, as if the tar ended there. So the
+    block where the listing ends must be the end-of-archive marker (zeros). A link
+    whose name is an image's or a tar's is refused too: it holds no bytes of its own,
+    and skipping it would drop an image silently.
+
+    Args:
+      where: how messages name the tar (`path` by default; a member of another tar).
+
+    Raises:
+      ValueError: naming the tar, and the last member read.
+    """
+    where = where or path
+    last = None
+    try:
+        with tarfile.open(path if fileobj is None else None, mode='r:', fileobj=fileobj) as archive:
+            for member in archive:
+                name = os.path.basename(member.name)
+                if member.islnk() or member.issym():
+                    if _is_image_name(name) or name.endswith('.tar'):
+                        raise ValueError(
+                            f'{where}: member {member.name} is a link to {member.linkname}, '
+                            'not a file: build from a tar of the files themselves'
+                        )
+                elif member.isfile():
+                    yield name, base + member.offset_data, member.size
+                last = member.name
+            archive.fileobj.seek(archive.offset)
+            end = archive.fileobj.read(tarfile.BLOCKSIZE)
+    except tarfile.TarError as error:
+        reason = str(error).splitlines()[0].rstrip(':')
+        after = f'after member {last}' if last else 'at its first member'
+        raise ValueError(f'{where} is not a readable tar {after} ({reason})') from error
+    if len(end) < tarfile.BLOCKSIZE:
+        raise ValueError(
+            f'{where} is cut short after member {last}: it ends before its end-of-archive '
+            'marker (download it again)'
+        )
+    if end.strip(tarfile.NUL):
+        raise ValueError(
+            f'{where} is damaged after member {last}: an unreadable header at byte '
+            f'{archive.offset} (download it again)'
+        )
 
 
 def _is_image_name(name: str) -> bool:
@@ -137,7 +193,8 @@ def train_sources_from_tar(path: str) -> list[Source]:
                 continue
             stream.seek(offset)
             window = _Window(stream, offset, size)
-            for name, data_offset, data_size in _tar_members(None, offset, fileobj=window):
+            members = _tar_members(None, offset, fileobj=window, where=f'{path}:{class_tar}')
+            for name, data_offset, data_size in members:
                 if _is_image_name(name):
                     sources.append(Source(path, data_offset, data_size, name, synset))
     return sources
@@ -387,10 +444,22 @@ def val_sources(
                         found.append((name, (os.path.join(folder, name), 0, -1, entry)))
             elif _is_image_name(entry):
                 found.append((entry, (folder, 0, -1)))
-    sources = []
+    sources, numbers = [], {}
     for name, location in sorted(found, key=lambda item: item[0]):
         if not _is_image_name(name):
             continue
+        # Two files of one image number (a copy with another extension, a tar member
+        # added twice, a flat file beside a sorted one) would both be built.
+        match = _VAL_NUMBER.search(name)
+        if match:
+            number = int(match.group(1))
+            where = f'{location[0]}:{name}' if val_tar else location[0]
+            if number in numbers:
+                raise ValueError(
+                    f'validation images {numbers[number]} and {where} have the same image '
+                    f'number {number}: keep one'
+                )
+            numbers[number] = where
         synset = location[3] if len(location) == 4 else _val_synset(name, labels, labels_name)
         sources.append(Source(*location[:3], name, synset))
     return sources
@@ -444,15 +513,64 @@ class _ShardJob:
     boxes: dict
 
 
+@contextlib.contextmanager
+def _libjpeg_warnings() -> Iterator[list[str]]:
+    """Collects libjpeg's warnings of lost data, printed on file descriptor 2 while decoding.
+
+    libjpeg reports damaged data it can work around ("Corrupt JPEG data: premature end
+    of data segment", "Premature end of JPEG file") as a warning printed to stderr and
+    fills the gap with grey; TensorFlow's decoder then succeeds. The builder decodes
+    every image once anyway, so it can read those warnings and refuse the image.
+    Whatever else appeared there is passed on to stderr.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        lines: list[str] = []
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors='replace').splitlines():
+                if any(warning in line for warning in _LIBJPEG_DATA_LOST):
+                    lines.append(line)
+                elif line.strip():
+                    print(line, file=sys.stderr)
+
+
 def _encoded_jpeg(data: bytes, name: str) -> tuple[bytes, int, int]:
-    """JPEG bytes of an image and its size; CMYK and non-JPEG images are re-encoded."""
+    """JPEG bytes of an image and its size; CMYK and non-JPEG images are re-encoded.
+
+    The image is refused, with `name`, when it does not decode, when libjpeg warns of
+    damaged data while decoding it (`_libjpeg_warnings`), or when the trainer's checks
+    would refuse it (`decode.image_problem`, `decode.jpeg_problem`: a size beyond
+    `decode.MAX_IMAGE_PIXELS`, too few bytes for the declared size), so that a shard
+    never holds an image that training would stop on, skip, or learn from as grey.
+    """
     import tensorflow as tf  # Imported in the worker processes only.
 
+    from input_pipeline import decode  # noqa: PLC0415  (TensorFlow: in workers only)
+
     try:
+        problem = decode.image_problem(data).numpy().decode()
+        # A JPEG that decodes without a warning although it lacks its end marker has
+        # data appended after its image: it is re-encoded, as the trainer would refuse it.
+        appended = bool(problem) and bool(tf.io.is_jpeg(data)) and 'end marker' in problem
+        if not problem and tf.io.is_jpeg(data):
+            problem = decode.jpeg_problem(data).numpy().decode()
+        if problem and not appended:
+            raise ValueError(f'{name} is refused: {problem}')
         # Decoding verifies the whole image, as TF-slim's builder does.
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        with _libjpeg_warnings() as warnings:
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        if warnings:
+            raise ValueError(f'{name} is refused: libjpeg says {warnings[0]!r} (damaged data)')
         if (
-            tf.io.is_jpeg(data)
+            not appended
+            and tf.io.is_jpeg(data)
             and int(tf.io.extract_jpeg_shape(data, output_type=tf.int32)[2]) != 4
         ):
             return data, int(image.shape[0]), int(image.shape[1])

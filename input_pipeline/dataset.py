@@ -14,12 +14,14 @@ Both graphs parse and check records a batch at a time, then decode and augment t
 one at a time: what can be vectorised (parsing, checks, seeds) costs one op per batch.
 
 Bad data stops a run with the file named (`records.py` for damaged TFRecord files,
-`decode.check_image` and `decode.check_labels` for records), or, with
-`skip_bad_records`, is skipped: a damaged file's unreadable rest, and a record whose
-image fails to decode. Training drops such records and logs a running count per epoch;
-evaluation gives them weight 0, so `num_examples` counts what was evaluated. A label out
-of range stops the run either way: it means a wrong `label_offset` or `num_classes`,
-not a bad record.
+`decode.check_image` and `decode.check_labels` for records, `decode.check_jpeg` just
+before each image is decoded: a size beyond `decode.MAX_IMAGE_PIXELS`, or too few bytes
+for it), or, with `skip_bad_records`, is skipped: a damaged file's unreadable rest, and
+a record whose image fails `check_jpeg` or fails to decode. Training drops such
+records and logs a running count per epoch; evaluation gives them weight 0, so
+`num_examples` counts what was evaluated. A label out of range or missing stops the run
+either way: it means a wrong `label_offset` or `num_classes`, or records of another
+schema, not a bad image.
 """
 
 from __future__ import annotations
@@ -66,8 +68,7 @@ def list_files(dataset_dir: str, split: str) -> list[str]:
     Raises:
       FileNotFoundError: when the folder is missing or no file matches.
     """
-    if not tf.io.gfile.isdir(dataset_dir):
-        raise errors.MissingFileError(f'dataset directory {dataset_dir} does not exist')
+    formats.check_folder(dataset_dir)
     pattern = formats.split_pattern(dataset_dir, 'slim', split)
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
@@ -181,7 +182,12 @@ def _parse_batch(
     labels = tf.cast(stored_labels - label_offset, tf.int32)
     if num_classes is not None:
         labels = decode.check_labels(
-            labels, stored_labels, filenames, label_offset=label_offset, num_classes=num_classes
+            labels,
+            stored_labels,
+            filenames,
+            label_offset=label_offset,
+            num_classes=num_classes,
+            label_key=schema.label_key,
         )
     encoded = parsed['encoded']
     if not skip_bad_records:
@@ -368,8 +374,11 @@ def train_dataset(
         )
 
     def augment_example(encoded, bbox, seeds, label_and_origin):
+        filename = label_and_origin[2]
+        if skip_bad_records:
+            encoded = decode.as_jpeg(decode.check_header(encoded, filename))
         image = augment.decode_and_random_crop(
-            decode.as_jpeg(encoded) if skip_bad_records else encoded,
+            decode.check_jpeg(encoded, filename),
             bbox,
             seeds[_CROP],
             image_size=image_size,
@@ -395,7 +404,12 @@ def train_dataset(
         labels, stored_labels, filenames, _ = label_and_origin
         # After any skipping: a bad label stops the run even with `skip_bad_records`.
         labels = decode.check_labels(
-            labels, stored_labels, filenames, label_offset=label_offset, num_classes=num_classes
+            labels,
+            stored_labels,
+            filenames,
+            label_offset=label_offset,
+            num_classes=num_classes,
+            label_key=schema.label_key,
         )
         if not mixes:
             return images, labels
@@ -615,22 +629,24 @@ def eval_dataset(
         )
         return parsed['encoded'], parsed['label'], filenames
 
-    def center_crop(encoded: tf.Tensor) -> tf.Tensor:
+    def center_crop(encoded: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
+        if skip_bad_records:
+            encoded = decode.as_jpeg(decode.check_header(encoded, filename))
         image = augment.decode_and_center_crop(
-            encoded,
+            decode.check_jpeg(encoded, filename),
             image_size=image_size,
             crop_fraction=crop_fraction,
-            jpeg_only=not skip_bad_records,
+            jpeg_only=True,
         )
         return augment.normalize(image, dtype)
 
     def preprocess(encoded: tf.Tensor, label: tf.Tensor, filename: tf.Tensor):
         if not skip_bad_records:
-            return center_crop(encoded), label, tf.constant(1.0)
+            return center_crop(encoded, filename), label, tf.constant(1.0)
         # A dataset that drops a failing decode is the graph's only try/except; its cost
         # per image is paid only in this mode.
         attempt = tf.data.Dataset.from_tensors(encoded)
-        attempt = attempt.map(lambda data: (center_crop(data), True))
+        attempt = attempt.map(lambda data: (center_crop(data, filename), True))
         fallback = (tf.zeros([image_size, image_size, 3], dtype), False)
         attempt = attempt.ignore_errors().concatenate(tf.data.Dataset.from_tensors(fallback))
         image, decoded = attempt.take(1).get_single_element()

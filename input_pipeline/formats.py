@@ -29,6 +29,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 from absl import logging
 from google.protobuf import message
+from input_pipeline import records
 from trainer import config as config_lib
 from trainer import errors
 
@@ -117,6 +118,79 @@ def split_pattern(dataset_dir: str, layout: str, split: str) -> str:
     raise errors.UserError(f'unknown data layout {layout!r}: expected one of {", ".join(LAYOUTS)}')
 
 
+# The numbering every layout gives its shards: `...-00003-of-01024`.
+_SHARD_NUMBER = re.compile(r'-(\d+)-of-(\d+)$')
+
+
+def check_folder(dataset_dir: str) -> None:
+    """Fails unless `dataset_dir` is a folder, saying whether it is missing or a file."""
+    if tf.io.gfile.isdir(dataset_dir):
+        return
+    if tf.io.gfile.exists(dataset_dir):
+        raise errors.UserError(
+            f'dataset directory {dataset_dir} is a file, not a folder: give the folder '
+            'that holds the TFRecord shards'
+        )
+    raise errors.MissingFileError(f'dataset directory {dataset_dir} does not exist')
+
+
+def check_shards(files: Sequence[str]) -> None:
+    """Checks that one split's shards add up, from their names and sizes.
+
+    `name-00003-of-01024` says which shard of how many a file is, so a set of them
+    tells what it lacks or mixes. Shards of two builds (two counts, or a number at or
+    past its count: `train-00004-of-00004`) would be read together as one split, so
+    they are refused. Missing numbers (an interrupted copy, or a subset chosen on
+    purpose) and empty files (a failed copy, or a split written into more shards
+    than it has examples) are read as they are, with a warning naming them.
+
+    Raises:
+      UserError: naming a file of another build.
+    """
+    numbered = {}
+    for path in files:
+        match = _SHARD_NUMBER.search(path)
+        if match:
+            numbered[path] = int(match.group(1)), int(match.group(2))
+    counts = sorted({count for _, count in numbered.values()})
+    if len(counts) > 1:
+        examples = [next(p for p, (_, n) in numbered.items() if n == count) for count in counts]
+        raise errors.UserError(
+            f'shards of {len(counts)} builds side by side: {examples[0]} is one of '
+            f'{counts[0]}, {examples[1]} one of {counts[1]}: keep one set of files'
+        )
+    for path, (index, count) in numbered.items():
+        if index >= count:
+            raise errors.UserError(
+                f'{path} is numbered past its count (shards of {count} run from 0 to '
+                f'{count - 1}): a file of another build, or renamed; remove it'
+            )
+    if numbered:
+        count = counts[0]
+        present = {index for index, _ in numbered.values()}
+        missing = [index for index in range(count) if index not in present]
+        if missing:
+            some = next(iter(numbered))
+            first = _SHARD_NUMBER.sub(f'-{missing[0]:05d}-of-{count:05d}', some)
+            logging.warning(
+                'input_pipeline: %d of the %d shards %s are missing (%s first); reading '
+                'the %d that are there',
+                len(missing),
+                count,
+                _SHARD_NUMBER.sub(f'-*-of-{count:05d}', some),
+                first,
+                len(present),
+            )
+    empty = [path for path, size in zip(files, records.file_sizes(files)) if size == 0]
+    if empty:
+        logging.warning(
+            'input_pipeline: %d shard%s empty (0 bytes, no records): %s',
+            len(empty),
+            ' is' if len(empty) == 1 else 's are',
+            ', '.join(empty[:3]) + (' ...' if len(empty) > 3 else ''),
+        )
+
+
 def _tfds_version_dirs(dataset_dir: str) -> list[str]:
     """`dataset_dir/<name>/<version>/` folders of a TFDS data_dir, newest version last."""
     found = tf.io.gfile.glob(os.path.join(dataset_dir, '*', '*', '*.tfrecord-*-of-*'))
@@ -200,8 +274,7 @@ def find_dataset(
       FileNotFoundError: when the folder is missing or a split has no files.
       ValueError: for an unknown layout, two layouts at once, or unknown record keys.
     """
-    if not tf.io.gfile.isdir(dataset_dir):
-        raise errors.MissingFileError(f'dataset directory {dataset_dir} does not exist')
+    check_folder(dataset_dir)
     if layout not in ('auto',) + LAYOUTS:
         raise errors.UserError(
             f'--data_layout={layout}: expected auto or one of {", ".join(LAYOUTS)}'
@@ -233,6 +306,8 @@ def find_dataset(
                 f'{split_pattern(folder, name, split)}'
             )
 
+    for split in splits:
+        check_shards(files[split])
     example, first_file = _first_record([path for split in splits for path in files[split]])
     if example is None:
         # Only empty shards: nothing to read, so nothing to decide; the slim keys are

@@ -6,8 +6,9 @@ read sixteen at a time that leaves a user nothing to act on. So each file is rea
 its errors dropped, and after its last record a sentinel compares the bytes the records
 account for (each record takes its length plus 16 bytes of framing) with the file's
 size: a file that ends early or fails its checksum falls short, and the shortfall is
-reported with the file's name. With `skip_bad_records` the rest of such a file is
-skipped and the file named in the log instead.
+reported with the file's name and the records it loses (`_damage`). With
+`skip_bad_records` the rest of such a file is skipped and the file named in the log
+instead.
 
 The check costs a function call per 64 records and an empty sentinel chunk per file;
 file sizes are read once, when the pipeline is built.
@@ -63,42 +64,80 @@ def read_file(filename: tf.Tensor, size: tf.Tensor, *, skip_bad_records: bool) -
 
     Raises:
       tf.errors.InvalidArgumentError: (at run time, unless `skip_bad_records`)
-        "TFRecord file F is truncated or corrupt: ...".
+        "TFRecord file F is truncated or corrupt after record N: M records after it
+        are unreadable (...)".
     """
     records = tf.data.TFRecordDataset(filename, buffer_size=READ_BUFFER_BYTES).ignore_errors()
     chunks = records.batch(_CHUNK_RECORDS)
     chunks = chunks.concatenate(tf.data.Dataset.from_tensors(tf.zeros([0], tf.string)))
 
-    def account(read: tf.Tensor, chunk: tf.Tensor):
+    def account(state, chunk: tf.Tensor):
+        read, count = state
         lengths = tf.cast(tf.strings.length(chunk), tf.int64) + _FRAMING_BYTES
         read += tf.reduce_sum(lengths)
+        count += tf.size(chunk, out_type=tf.int64)
         # Real chunks are never empty: the empty one is the sentinel after the last.
         intact = tf.logical_or(tf.size(chunk) > 0, tf.equal(read, size))
-        message = tf.strings.join(
-            [
-                'TFRecord file ',
-                filename,
-                ' is truncated or corrupt: its readable records end at byte ',
-                tf.strings.as_string(read),
-                ' of ',
-                tf.strings.as_string(size),
-            ]
+        # Built only for a damaged file: it reads the file's unreadable rest.
+        message = tf.cond(
+            intact, lambda: tf.constant(''), lambda: _damage(filename, size, read, count)
         )
         if skip_bad_records:
             report = tf.cond(
                 intact,
                 tf.no_op,
                 lambda: tf.print(
-                    tf.strings.join(['input_pipeline: skipping the rest of ', message])
+                    tf.strings.join(['input_pipeline: skipping the unreadable rest: ', message])
                 ),
             )
         else:
             report = tf.debugging.Assert(intact, [message])
         with tf.control_dependencies([report]):
             names = tf.fill(tf.shape(chunk), filename)
-        return read, (chunk, names)
+        return (read, count), (chunk, names)
 
-    return chunks.scan(tf.constant(0, tf.int64), account).unbatch()
+    zero = tf.constant(0, tf.int64)
+    return chunks.scan((zero, zero), account).unbatch()
+
+
+def _damage(filename: tf.Tensor, size: tf.Tensor, read: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+    """Says what a damaged TFRecord file loses, in records: its readable ones, the rest.
+
+    The rest is counted by walking the length headers after the last readable record
+    (8 bytes each, little-endian; a record takes its length plus 16 bytes): a record
+    whose data fails its checksum still has an intact header, and the walk goes on over
+    the records behind it. A walk that ends exactly at the end of the file counts the
+    lost records exactly; one that runs past it met a cut or a corrupt header, and the
+    count is a lower bound ("at least"): a truncated file's records past the cut are
+    gone without a trace.
+    """
+    data = tf.io.read_file(filename)
+
+    def step(offset, lost):
+        header = tf.strings.substr(tf.strings.join([data, '\0' * 8]), offset, 8)
+        length = tf.io.decode_raw(header, tf.int64, little_endian=True)[0]
+        # A corrupt header may hold any number: it ends the walk.
+        length = tf.where(tf.logical_or(length < 0, length > size), size, length)
+        return offset + length + _FRAMING_BYTES, lost + 1
+
+    offset, lost = tf.while_loop(lambda offset, _: offset < size, step, (read, tf.zeros_like(read)))
+    return tf.strings.join(
+        [
+            'TFRecord file ',
+            filename,
+            ' is truncated or corrupt after record ',
+            tf.strings.as_string(count),
+            ': ',
+            tf.where(tf.equal(offset, size), '', 'at least '),
+            tf.strings.as_string(lost),
+            tf.where(tf.equal(lost, 1), ' record after it is', ' records after it are'),
+            ' unreadable (its readable records end at byte ',
+            tf.strings.as_string(read),
+            ' of ',
+            tf.strings.as_string(size),
+            ')',
+        ]
+    )
 
 
 def read_files(

@@ -104,6 +104,12 @@ def _cases(tmp, digits_dir):
             ['--dataset_dir=', 'nowhere', 'does not exist'],
         ),
         (
+            'dataset_dir_is_a_file',
+            [*TINY, f'--dataset_dir={corrupt}/train-00000-of-00001', f'--model_dir={model_dir}'],
+            {},
+            [f'--dataset_dir={corrupt}/train-00000-of-00001 is a file, not a folder'],
+        ),
+        (
             'empty_glob',
             [*TINY, f'--dataset_dir={empty}', f'--model_dir={model_dir}'],
             {},
@@ -226,6 +232,7 @@ def _cases(tmp, digits_dir):
 CASE_NAMES = [
     'no_dataset_dir',
     'missing_dataset_dir',
+    'dataset_dir_is_a_file',
     'empty_glob',
     'unknown_layout',
     'corrupt_record',

@@ -388,7 +388,7 @@ def test_bad_inputs_are_named(tmp_path, downloads):
     broken = tmp_path / 'broken' / 'n01440764'
     broken.mkdir(parents=True)
     (broken / 'n01440764_1.JPEG').write_bytes(b'<html>not found</html>')
-    with pytest.raises(ValueError, match='n01440764_1.JPEG does not decode'):
+    with pytest.raises(ValueError, match='n01440764_1.JPEG is refused: not a JPEG, PNG'):
         build_imagenet.main(
             [
                 f'--train_dir={broken.parent}',
@@ -399,6 +399,109 @@ def test_bad_inputs_are_named(tmp_path, downloads):
         )
     assert not os.listdir(tmp_path / 'out2')  # no partial shard left behind
     shutil.rmtree(tmp_path / 'broken')
+
+
+def declaring(image: bytes, width: int, height: int) -> bytes:
+    """A real JPEG whose frame header (SOF) declares another size: its data is as short."""
+    data, at = bytearray(image), 2
+    while data[at + 1] not in (0xC0, 0xC1, 0xC2):  # walk the segments to the SOF
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], 'big')
+    data[at + 5 : at + 9] = height.to_bytes(2, 'big') + width.to_bytes(2, 'big')
+    return bytes(data)
+
+
+def test_damaged_images_and_tars_are_named(tmp_path, downloads):
+    """What the builder wrote into shards, or skipped, or failed on, without a name.
+
+    A JPEG whose data is too short for its header's size decoded "recoverably" as grey
+    (libjpeg's "Corrupt JPEG data: premature end of data segment") and was written; a
+    damaged tar said "invalid header", or ended its listing early; a link or a second
+    file of one validation image number passed silently.
+    """
+    root, _, _ = downloads
+    good = encode(small(PHOTOS[0], 1))
+    train_tar = tmp_path / 'train.tar'
+
+    def build_train(images: dict[str, bytes]) -> None:
+        inner = io.BytesIO()
+        with tarfile.open(fileobj=inner, mode='w') as class_tar:
+            for name, data in images.items():
+                add(class_tar, name, data)
+        with tarfile.open(train_tar, 'w') as train:
+            add(train, 'n01440764.tar', inner.getvalue())
+        build_imagenet.main(
+            [
+                f'--train_tar={train_tar}',
+                f'--output_dir={tmp_path / "out"}',
+                '--train_shards=1',
+                '--num_workers=1',
+            ]
+        )
+
+    # Too few bytes for ten times its size: libjpeg's warning makes it refused.
+    cases = {
+        declaring(good, 520, 400): "libjpeg says 'Corrupt JPEG data: premature end of data",
+        declaring(good, 13000, 13000): 'its header declares 13000x13000 pixels, more than',
+        declaring(good, 5000, 5000): 'cannot hold the 5000x5000 pixels its header declares',
+    }
+    for data, reason in cases.items():
+        with pytest.raises(ValueError) as raised:
+            build_train({'n01440764_1.JPEG': good, 'n01440764_2.JPEG': data})
+        message = str(raised.value)
+        assert message.startswith(f'{train_tar}:n01440764_2.JPEG is refused: '), message
+        assert reason in message, message
+    assert not os.listdir(tmp_path / 'out')  # no shard holds them
+
+    # A class tar that is not a tar, and a train tar cut inside its listing.
+    with tarfile.open(train_tar, 'w') as train:
+        add(train, 'n01440764.tar', b'\x01' * 2048)
+    with pytest.raises(ValueError) as raised:
+        build_imagenet.train_sources_from_tar(str(train_tar))
+    assert str(raised.value) == (
+        f'{train_tar}:n01440764.tar is not a readable tar at its first member (invalid header)'
+    )
+    source = (root / 'ILSVRC2012_img_val.tar').read_bytes()
+    cut = tmp_path / 'cut.tar'
+    with tarfile.open(root / 'ILSVRC2012_img_val.tar') as archive:
+        second = archive.getmembers()[1].offset
+    # The second member's header damaged: tarfile ended the listing there, silently.
+    cut.write_bytes(source[:second] + b'\xff' * 512 + source[second + 512 :])
+    with pytest.raises(ValueError) as raised:
+        build_imagenet.val_sources(val_tar=str(cut), val_dir=None, labels=None)
+    assert str(raised.value).startswith(
+        f'{cut} is damaged after member ILSVRC2012_val_00000001.JPEG: an unreadable header'
+    ), raised.value
+    cut.write_bytes(source[: second - 100])  # cut inside the first image
+    with pytest.raises(
+        ValueError,
+        match=r'cut.tar is not a readable tar after member ILSVRC2012_val_00000001.JPEG '
+        r'\(unexpected end of data\)$',
+    ):
+        build_imagenet.val_sources(val_tar=str(cut), val_dir=None, labels=None)
+
+    # A link member, and two files of one validation image number.
+    linked = tmp_path / 'linked.tar'
+    with tarfile.open(linked, 'w') as archive:
+        add(archive, val_name(1), good)
+        link = tarfile.TarInfo(val_name(2))
+        link.type, link.linkname = tarfile.SYMTYPE, val_name(1)
+        archive.addfile(link)
+    with pytest.raises(ValueError) as raised:
+        build_imagenet.val_sources(val_tar=str(linked), val_dir=None, labels=None)
+    assert str(raised.value) == (
+        f'{linked}: member {val_name(2)} is a link to {val_name(1)}, not a file: build from '
+        'a tar of the files themselves'
+    )
+    twice = tmp_path / 'twice'
+    twice.mkdir()
+    (twice / val_name(7)).write_bytes(good)
+    (twice / val_name(7).replace('.JPEG', '.jpg')).write_bytes(good)
+    with pytest.raises(ValueError) as raised:
+        build_imagenet.val_sources(val_tar=None, val_dir=str(twice), labels=['n01440764'] * 9)
+    assert str(raised.value) == (
+        f'validation images {twice / val_name(7)} and '
+        f'{twice / val_name(7).replace(".JPEG", ".jpg")} have the same image number 7: keep one'
+    )
 
 
 def test_the_standard_synsets_ship_in_label_order():

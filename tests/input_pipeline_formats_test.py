@@ -233,9 +233,52 @@ def test_two_layouts_at_once_are_refused(tmp_path, images):
 def test_missing_folder_and_split(tmp_path, images):
     with pytest.raises(FileNotFoundError, match='does not exist'):
         formats.find_dataset(str(tmp_path / 'nowhere'))
+    # A file where the folder should be is named as a file, not as missing.
+    (tmp_path / 'a_file').write_bytes(b'')
+    for find in (formats.find_dataset, lambda path: dataset.list_files(path, 'train')):
+        with pytest.raises(ValueError) as raised:
+            find(str(tmp_path / 'a_file'))
+        assert str(raised.value) == (
+            f'dataset directory {tmp_path / "a_file"} is a file, not a folder: give the '
+            'folder that holds the TFRecord shards'
+        )
     (tmp_path / 'train-00000-of-00001').write_bytes(b'')
     with pytest.raises(FileNotFoundError, match=r'no validation TFRecords'):
         formats.find_dataset(str(tmp_path))
+
+
+def test_shard_numbering_that_does_not_add_up(tmp_path, images, caplog):
+    """Shards of two builds are refused; missing and empty shards are named in a warning."""
+    root = write_layout(str(tmp_path), 'tpu', images, shards=4)
+    folder = tmp_path / 'train'
+    stranger = folder / 'train-00004-of-00004'  # a fifth "of four": another build's
+    stranger.write_bytes((folder / 'train-00000-of-00004').read_bytes())
+    with pytest.raises(ValueError) as raised:
+        formats.find_dataset(root)
+    assert str(raised.value) == (
+        f'{stranger} is numbered past its count (shards of 4 run from 0 to 3): a file of '
+        'another build, or renamed; remove it'
+    )
+    stranger.rename(folder / 'train-00001-of-00008')
+    with pytest.raises(
+        ValueError,
+        match=r'^shards of 2 builds side by side: .*train-00000-of-00004 is one of 4, .*train-00001-of-00008 one of 8: keep one set of files$',
+    ):
+        formats.find_dataset(root)
+    (folder / 'train-00001-of-00008').unlink()
+    (folder / 'train-00002-of-00004').unlink()
+    (folder / 'train-00003-of-00004').write_bytes(b'')
+    with caplog.at_level(logging.WARNING):
+        found = formats.find_dataset(root)
+    assert len(found.train_files) == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        f'input_pipeline: 1 of the 4 shards {folder}/train-*-of-00004 are missing '
+        f'({folder}/train-00002-of-00004 first); reading the 3 that are there'
+    ) in warnings, warnings
+    assert (
+        f'input_pipeline: 1 shard is empty (0 bytes, no records): {folder}/train-00003-of-00004'
+    ) in warnings, warnings
 
 
 def test_bounding_boxes_steer_the_crop_sampler(tmp_path):

@@ -278,6 +278,11 @@ class RunConfig:
             and is_local(self.dataset_dir)
             and not os.path.isdir(self.dataset_dir)
         ):
+            if os.path.exists(self.dataset_dir):
+                raise ConfigError(
+                    f'--dataset_dir={self.dataset_dir} is a file, not a folder: give the '
+                    'folder that holds the TFRecord shards'
+                )
             raise ConfigError(f'--dataset_dir={self.dataset_dir} does not exist')
         if not self.model_dir and not self.only_eval:
             raise ConfigError('--model_dir is required for training')

@@ -36,7 +36,9 @@ class CheckpointError(UserError):
 
 # What the input pipeline's in-graph checks say (input_pipeline/decode.py,
 # input_pipeline/records.py): an InvalidArgumentError with one of these is bad data.
-_DATA_CHECK = re.compile(r'label out of range|undecodable image in|TFRecord file ', re.IGNORECASE)
+_DATA_CHECK = re.compile(
+    r'label out of range|label missing|undecodable image in|TFRecord file ', re.IGNORECASE
+)
 
 
 # What the operating system says when the disk or its permissions stop a read or
