@@ -138,8 +138,12 @@ def main(argv):
         config = checked_config(FLAGS)
     except errors.UserError as error:
         errors.exit_with(error)
-    with errors.reported():
-        result = execute(config, FLAGS)
+    try:
+        with errors.reported():
+            result = execute(config, FLAGS)
+    except errors.StoppedEarly as stopped:  # Preempted: resume by starting again.
+        print(f'main.py: {stopped}', file=sys.stderr)
+        sys.exit(errors.EXIT_STOPPED)
     if result:
         print(result_line(result))
 

@@ -6,14 +6,18 @@ on a tiny DenseNet-BC; whole runs of main.py are in resume_kill_test.py.
 
 import logging
 import os
+import re
 import shutil
 import signal
+import threading
+import time
 
 import h5py
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
 
 import densenet
 from main_runs import run_main
@@ -382,18 +386,71 @@ def test_init_from_checkpoint_reads_weights_only(saved):
         checkpoint_lib.load_initial_weights(model, os.path.join(folder, 'nothing'))
 
 
+@tf.function
+def _busy(seconds):
+    """Computes inside one TensorFlow call for `seconds`, as a train loop does."""
+    start = tf.timestamp()
+    return tf.while_loop(
+        lambda x: tf.timestamp() - start < seconds,
+        lambda x: tf.tanh(tf.matmul(x, x) * 0.01),
+        [tf.ones([32, 32])],
+    )
+
+
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT], ids=['SIGTERM', 'SIGINT'])
-def test_signal_checkpoints_at_the_boundary_and_restores_the_handlers(tmp_path, signum):
-    # A scheduler's SIGTERM and a person's Ctrl-C (SIGINT) are handled alike.
+def test_signal_checkpoints_at_the_boundary_and_restores_the_handlers(
+    tmp_path, signum, caplog, absl_info_logs
+):
+    # A scheduler's SIGTERM and a person's Ctrl-C (SIGINT) are handled alike. The signal
+    # comes while the main thread is inside a TensorFlow call, as in training: Python's
+    # handler runs only after the call, 1.3 s later, yet the delay logged must be the
+    # true one, from the signal's arrival to the checkpoint (it was timed from the
+    # handler, and read 0.6 s for a checkpoint 6.3 s after the signal).
     state = _state(tmp_path)
     previous = signal.getsignal(signum)
-    with preemption.PreemptionWatcher() as watcher:
-        # Checked before sending: an unwatched SIGINT would end pytest itself.
-        assert signal.getsignal(signum) is not previous, f'{signum.name} is not watched'
-        watcher.attach(tf.distribute.get_strategy(), state)
-        assert not watcher.checkpoint_and_stop(2)
-        os.kill(os.getpid(), signum)
-        assert watcher.requested and watcher.signal_name == signum.name
-        assert watcher.checkpoint_and_stop(3)
+    determinism = tf_config.is_op_determinism_enabled()
+    tf_config.disable_op_determinism()  # It forbids tf.timestamp in a graph.
+    try:
+        _busy(tf.constant(0.01, tf.float64))  # Traced before the clock starts.
+        with preemption.PreemptionWatcher() as watcher:
+            # Checked before sending: an unwatched SIGINT would end pytest itself.
+            assert signal.getsignal(signum) is not previous, f'{signum.name} is not watched'
+            watcher.attach(tf.distribute.get_strategy(), state)
+            assert not watcher.checkpoint_and_stop(2)
+            sent = []
+            sender = threading.Timer(
+                0.2, lambda: (sent.append(time.monotonic()), os.kill(os.getpid(), signum))
+            )
+            sender.start()
+            _busy(tf.constant(1.5, tf.float64))
+            sender.join()
+            assert watcher.requested and watcher.signal_name == signum.name
+            before = time.monotonic()
+            with caplog.at_level(logging.INFO):
+                assert watcher.checkpoint_and_stop(3)
+            after = time.monotonic()
+    finally:
+        if determinism:
+            tf_config.enable_op_determinism()
     assert state.latest.endswith('ckpt-3')
     assert signal.getsignal(signum) is previous
+    logged = re.search(r'written at step 3, ([\d.]+) s after the signal;', caplog.text)
+    assert logged, caplog.text
+    # Logged to 0.1 s; the arrival is noted by a thread that the signal wakes.
+    assert before - sent[0] - 0.1 <= float(logged.group(1)) <= after - sent[0] + 0.05, (
+        logged.group(0),
+        before - sent[0],
+        after - sent[0],
+    )
+    # Stopped before the last step: the run's last line says so and names the stale
+    # evaluation as such; stopped at the last step, the run is finished.
+    with pytest.raises(errors.StoppedEarly) as stopped:
+        watcher.raise_if_stopped(3, 10, {'step': 2, 'top1': 0.5, 'top5': 0.75, 'loss': 1.25})
+    assert re.fullmatch(
+        rf'stopped by {signum.name} at step 3 of 10, not finished: checkpoint \S*ckpt-3 '
+        r'written [\d.]+ s after the signal; start the same command again to resume \(exit '
+        r'status 75; the last evaluation, at step 2: top-1 0\.5000, top-5 0\.7500, loss '
+        r'1\.2500\)',
+        str(stopped.value),
+    ), str(stopped.value)
+    watcher.raise_if_stopped(10, 10, None)

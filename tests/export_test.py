@@ -7,6 +7,7 @@ through `saved_model_cli` (which loads it as TensorFlow Serving does) and throug
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from skimage import data as skimage_data
 
 import densenet
 from input_pipeline import dataset as dataset_lib
+from in_process import run_main_in_process
 from input_pipeline import writer
 from trainer import errors
 from trainer import export
@@ -315,6 +317,15 @@ def test_predict_names_the_exports_signature_as_export_does():
         export.SIGNATURE_BYTES,
         export.INPUT_BYTES,
     )
+    assert predict.COMPLETE_NAME.pattern == export.COMPLETE_NAME.pattern
+    assert predict.UNFINISHED_SUFFIXES == (export.PARTIAL_SUFFIX, export.OLD_SUFFIX)
+    # Epochs trained, cut off (not rounded) to four decimals: the last step of an
+    # epoch sorts before the next epoch's end, never after it.
+    names = [export.export_name(step, 23) for step in (22, 23, 35, 45, 46)]
+    assert names == ['epoch_000.9565', 'epoch_001', 'epoch_001.5217', 'epoch_001.9565', 'epoch_002']
+    assert sorted(names, key=predict._epoch_order) == names  # pylint: disable=protected-access
+    assert export.export_name(1, 20019) == 'epoch_000.0000'
+    assert all(predict.COMPLETE_NAME.fullmatch(name) for name in names)
 
 
 def test_predict_errors_are_one_line(exported, tmp_path, capsys):
@@ -329,6 +340,18 @@ def test_predict_errors_are_one_line(exported, tmp_path, capsys):
     assert capsys.readouterr().err == f'predict: error: {not_image} is not a JPEG or PNG image\n'
     assert predict.main([f'--model={tmp_path}', exported['photo']]) == 1
     assert 'is neither a SavedModel nor a model_dir' in capsys.readouterr().err
+    partial = str(tmp_path / 'saves' / 'epoch_001.partial')
+    shutil.copytree(exported['path'], partial)
+    assert predict.main([f'--model={tmp_path}', exported['photo']]) == 1
+    assert capsys.readouterr().err == (
+        f'predict: error: --model={tmp_path} is neither a SavedModel nor a model_dir with a '
+        'complete export in saves/ (only unfinished ones: epoch_001.partial)\n'
+    )
+    assert predict.main([f'--model={partial}', exported['photo']]) == 1
+    assert capsys.readouterr().err == (
+        f'predict: error: --model={partial} is an unfinished export (a run stopped while '
+        'writing or replacing it); give a complete saves/epoch_NNN, or the model_dir\n'
+    )
 
 
 def test_nonfinite_model_is_not_exported(tmp_path):
@@ -338,3 +361,57 @@ def test_nonfinite_model_is_not_exported(tmp_path):
     with pytest.raises(ValueError, match='predictions/bias is not finite: not exported'):
         export.export_saved_model(model, str(tmp_path / 'epoch_001'), image_size=IMAGE_SIZE)
     assert not os.path.exists(tmp_path / 'epoch_001')
+
+
+def _plant_unfinished(exported, saves):
+    """What a kill leaves: a newer export half written, and one set aside to be replaced."""
+    partial = os.path.join(saves, 'epoch_002.partial')
+    shutil.copytree(exported['path'], partial)
+    data = os.path.join(partial, 'variables', 'variables.data-00000-of-00001')
+    with open(data, 'r+b') as stream:
+        stream.truncate(os.path.getsize(data) // 2)
+    shutil.copytree(exported['path'], os.path.join(saves, 'epoch_003.old'))
+    return partial
+
+
+@pytest.mark.slow
+def test_last_step_exports_and_unfinished_exports_are_never_read(exported, digits_dir, tmp_path):
+    """A run ending inside an epoch exports its last step; `.partial` and `.old` exports
+    (a run killed while writing or replacing one) are never read, and a run's start
+    removes them, naming them."""
+    model_dir = str(tmp_path / 'run')
+    saves = os.path.join(model_dir, 'saves')
+    partial = _plant_unfinished(exported, saves)
+    model = ['--model=densenet_bc_10_4', f'--image_size={IMAGE_SIZE}', '--num_classes=10']
+    evaluated = run_main_in_process(
+        [*model, f'--dataset_dir={digits_dir}', f'--only_eval={partial}']
+    )
+    assert evaluated.returncode == 1
+    assert evaluated.stderr.strip().splitlines()[-1] == (
+        f'main.py: error: --only_eval={partial} is an unfinished export (a run stopped while '
+        'writing or replacing it; the next training start removes it): give a complete '
+        'saves/epoch_NNN'
+    )
+
+    run = run_main_in_process(
+        [
+            *model,
+            '--bfloat16=false',
+            '--batch_size=256',  # 1,497 digits: 5 steps an epoch, so step 6 ends inside one.
+            '--steps_per_loop=5',
+            '--log_every_steps=5',
+            '--shuffle_buffer=256',
+            '--train_steps=6',
+            f'--dataset_dir={digits_dir}',
+            f'--model_dir={model_dir}',
+        ],
+        check=True,
+    )
+    for name in ('epoch_002.partial', 'epoch_003.old'):
+        assert f'Removed {os.path.join(saves, name)}: an unfinished export' in run.stderr
+    assert sorted(os.listdir(saves)) == ['epoch_001', 'epoch_001.2000']
+    assert predict.find_export(model_dir) == os.path.join(saves, 'epoch_001.2000')
+
+    partial = _plant_unfinished(exported, saves)
+    assert predict.find_export(model_dir) == os.path.join(saves, 'epoch_001.2000')
+    assert predict.main([f'--model={partial}', exported['photo']]) == 1

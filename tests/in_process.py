@@ -102,6 +102,9 @@ def run_main_in_process(args, check=False, cwd=ROOT) -> subprocess.CompletedProc
             try:
                 main_lib._parse_flags(['main.py', *args], flag_values)
                 result = main_lib.execute(main_lib.checked_config(flag_values), flag_values)
+            except errors.StoppedEarly as stopped:  # As main.py: its line, status 75.
+                print(f'main.py: {stopped}', file=stream)
+                raise SystemExit(errors.EXIT_STOPPED) from None
             except Exception as error:  # pylint: disable=broad-except
                 if not errors.is_user_error(error):
                     raise

@@ -2,8 +2,10 @@
 
 One uninterrupted run is the reference. A second run of the same flags is killed with
 SIGKILL after it logs a step, killed again while a checkpoint is being written, stopped
-with SIGTERM, then with SIGINT (Ctrl-C), has its newest checkpoint truncated, and is
-started again each time. Every checkpoint the two runs have in common, and the final
+with SIGTERM, then with SIGINT (Ctrl-C) (each ends with status 75 and a last line
+naming the step and the checkpoint), has its newest checkpoint truncated, is killed
+in the middle of its export (which nothing may read, and the next start removes), and
+is started again each time. Every checkpoint the two runs have in common, and the final
 one, must hold bit-identical values: resuming changed nothing.
 """
 
@@ -21,7 +23,12 @@ from main_runs import checkpoint_values as _checkpoint_values
 from main_runs import checkpoints as _checkpoints
 from main_runs import run_main as _run
 from main_runs import start_main
+from in_process import run_main_in_process
+from main_runs import MAIN
+from main_runs import ROOT
 from main_runs import write_pausing_launcher
+from trainer import errors
+from trainer import predict
 
 pytestmark = pytest.mark.slow
 
@@ -87,43 +94,81 @@ def test_killed_preempted_and_damaged_run_ends_bit_identical(
     assert os.path.exists(os.path.join(model_dir, 'checkpoints', 'ckpt-12.index'))
     assert max(_checkpoints(model_dir)) == 8
 
-    # 3. SIGTERM after step 14 is logged: a checkpoint at the next loop boundary, exit 0.
+    # 3. SIGTERM after step 14 is logged: a checkpoint at the next loop boundary, and
+    #    exit status 75 (errors.EXIT_STOPPED: stopped early, resume me), not 0.
     run = _Started(args)
     run.wait_for(r'Resumed from \S*ckpt-8\b')
     run.wait_for(r'step 14/')
     signalled = time.monotonic()
     run.process.send_signal(signal.SIGTERM)
+    logged = run.wait_for(r'SIGTERM: checkpoint \S+ written at step \d+, ([\d.]+) s after the')
+    seen = time.monotonic()
     status = run.finish()
     exit_seconds = time.monotonic() - signalled
-    assert status == 0, run.tail()
+    assert status == errors.EXIT_STOPPED == 75, run.tail()
     stopped_at = max(_checkpoints(model_dir))
     assert stopped_at in (14, 16), run.tail()
-    assert any('SIGTERM: checkpoint' in line for line in run.lines), run.tail()
+    # The delay logged runs from the signal's arrival to the checkpoint, so it is at
+    # most the time from sending it to reading the line, and not much less.
+    delay = float(logged.group(1))
+    assert seen - signalled - 3 < delay <= seen - signalled + 0.05, (delay, seen - signalled)
+    _assert_stopped_line(run, 'SIGTERM', stopped_at)
     record_property('sigterm_to_exit_seconds', round(exit_seconds, 2))
-    print(f'SIGTERM to exit: {exit_seconds:.2f} s, checkpoint at step {stopped_at}')
+    print(
+        f'SIGTERM to exit: {exit_seconds:.2f} s, checkpoint at step {stopped_at} '
+        f'{delay:.1f} s after the signal (the test saw its line {seen - signalled:.2f} s after)'
+    )
     assert exit_seconds < 30
 
-    # 4. Ctrl-C (SIGINT) after step 18 is logged: the same checkpoint and clean exit.
+    # 4. Ctrl-C (SIGINT) after step 18 is logged: the same checkpoint and exit status.
     run = _Started(args)
     run.wait_for(rf'Resumed from \S*ckpt-{stopped_at}\b')
     run.wait_for(r'step 18/')
     run.process.send_signal(signal.SIGINT)
-    assert run.finish() == 0, run.tail()
+    assert run.finish() == errors.EXIT_STOPPED, run.tail()
     stopped_at = max(_checkpoints(model_dir))
     assert stopped_at in (18, 20), run.tail()
     assert any('SIGINT: checkpoint' in line for line in run.lines), run.tail()
+    _assert_stopped_line(run, 'SIGINT', stopped_at)
 
     # 5. The newest checkpoint's data file is truncated (a torn copy, a full disk): the
     #    restart warns, naming it, sets it aside and resumes from the one before.
     newest = _checkpoints(model_dir)[stopped_at]
     with open(newest + '.data-00000-of-00001', 'r+b') as stream:
         stream.truncate(os.path.getsize(newest + '.data-00000-of-00001') // 2)
-    result = _run(args)
-    assert result.returncode == 0, result.stderr[-3000:]
+    #    It is also SIGKILLed in the middle of its export at step 23, once the SavedModel's
+    #    files are written and before their folder is renamed.
+    result = _run(args, launcher=_write_export_killing_launcher(tmp_path))
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    assert 'KILLED IN EXPORT' in result.stderr, result.stderr[-3000:]
     assert re.search(rf'Checkpoint \S*ckpt-{stopped_at} is unusable', result.stderr)
     assert os.path.exists(
         os.path.join(model_dir, 'checkpoints', 'unusable', f'ckpt-{stopped_at}.index')
     )
+
+    # 6. The half-written export is never read: trainer.predict does not serve it (it
+    #    did, with exit 0), --only_eval refuses it, and the restart removes it, naming
+    #    it, and exports epoch 1 anew.
+    saves = os.path.join(model_dir, 'saves')
+    partial = os.path.join(saves, 'epoch_001.partial')
+    assert os.listdir(saves) == ['epoch_001.partial']
+    assert os.path.exists(os.path.join(partial, 'saved_model.pb'))
+    with pytest.raises(predict.PredictError, match=r'only unfinished ones: epoch_001\.partial'):
+        predict.find_export(model_dir)
+    evaluated = run_main_in_process(
+        [*args[:4], f'--dataset_dir={digits_dir}', f'--only_eval={partial}']
+    )
+    assert evaluated.returncode == 1
+    assert (
+        evaluated.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f'main.py: error: --only_eval={partial} is an unfinished export')
+    )
+    result = _run(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'Removed {partial}: an unfinished export' in result.stderr
+    assert os.listdir(saves) == ['epoch_001']
+    assert predict.find_export(model_dir) == os.path.join(saves, 'epoch_001')
 
     # Every checkpoint both runs wrote, the final one included, is bit-identical.
     straight, killed = _checkpoints(straight_run()), _checkpoints(model_dir)
@@ -132,6 +177,44 @@ def test_killed_preempted_and_damaged_run_ends_bit_identical(
     for step in common:
         _assert_identical(straight[step], killed[step])
     print(f'bit-identical checkpoints at steps {common}')
+
+
+# Runs main.py with tf.saved_model.save patched to SIGKILL the process once it has
+# written an export's files, before the trainer renames their folder to its final name.
+_EXPORT_KILLING_LAUNCHER = """
+import os, runpy, signal, sys
+sys.path.insert(0, {root!r})
+import tensorflow as tf
+
+original_save = tf.saved_model.save
+
+def save(obj, export_dir, *args, **kwargs):
+    original_save(obj, export_dir, *args, **kwargs)
+    print('KILLED IN EXPORT', export_dir, file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+tf.saved_model.save = save
+sys.argv = ['main.py', *sys.argv[1:]]
+runpy.run_path({main!r}, run_name='__main__')
+"""
+
+
+def _write_export_killing_launcher(folder) -> str:
+    path = os.path.join(str(folder), 'export_killing_main.py')
+    with open(path, 'w') as stream:
+        stream.write(_EXPORT_KILLING_LAUNCHER.format(root=ROOT, main=MAIN))
+    return path
+
+
+def _assert_stopped_line(run, signal_name, step):
+    """The run's last line says where it stopped, unfinished, and what to do."""
+    last = ''.join(run.lines).strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf'main\.py: stopped by {signal_name} at step {step} of {STEPS}, not finished: '
+        rf'checkpoint \S*ckpt-{step} written [\d.]+ s after the signal; start the same '
+        r'command again to resume \(exit status 75; no evaluation yet\)',
+        last,
+    ), last
 
 
 def test_nonfinite_loss_stops_naming_step_and_value(digits_dir, straight_run, tmp_path):

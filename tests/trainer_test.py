@@ -7,6 +7,7 @@ its second epoch is a real process, and so is the command-line error.
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -179,6 +180,43 @@ PRECISIONS = ('float32', 'bfloat16')
 def test_epoch_run_writes_everything_and_evaluates_again(precision, digits_dir, tmp_path):
     # bfloat16 is the default precision: the whole path runs in it too.
     _epoch_run_and_evaluations(precision, digits_dir, str(tmp_path / precision))
+
+
+@pytest.mark.slow
+def test_steps_skipped_in_a_row_stop_the_run_with_exit_1_and_no_later_checkpoint(
+    digits_dir, tmp_path
+):
+    """--max_skipped_steps through the trainer: the guard, its line, no checkpoint after.
+
+    An absurd weight decay with dynamic loss scaling makes every step's gradient
+    overflow while the loss stays finite: the L2 term is about 4e37, but its gradient
+    times the loss scale (2^15, halved after each skip) is past float32's 3.4e38 for
+    the first six scales. Steps 1-4 are skipped; the fourth is one more than 3.
+    """
+    model_dir = str(tmp_path / 'skipping')
+    result = run_main_in_process(
+        [
+            *TINY,
+            '--loss_scale=dynamic',
+            '--weight_decay=1e36',
+            '--max_skipped_steps=3',
+            '--steps_per_loop=1',
+            '--log_every_steps=1',
+            '--checkpoint_every_steps=2',
+            '--train_steps=10',
+            f'--dataset_dir={digits_dir}',
+            f'--model_dir={model_dir}',
+        ]
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r'main\.py: error: 4 consecutive steps up to step 4 were skipped for non-finite '
+        r'gradients \(more than --max_skipped_steps=3\); stopped without checkpointing: the '
+        r'newest checkpoint, \S*ckpt-2, is unaffected',
+        last,
+    ), last
+    assert sorted(checkpoints(model_dir)) == [2]
 
 
 def test_conflicting_flags_are_one_line_errors(tmp_path):

@@ -8,7 +8,7 @@
   LogTrainScalars  TensorBoard's train scalars and the console line, every
                  --log_every_steps, at epoch ends and at the end;
   Evaluate       the validation split at epoch ends and at the end;
-  Export         a SavedModel at epoch ends (--save_every_epoch) or the last one;
+  Export         a SavedModel at epoch ends (--save_every_epoch) and at the last step;
   SaveCheckpoint every --checkpoint_every_steps, at epoch ends and at the end;
   StopOnSignal   after SIGTERM or SIGINT: a checkpoint at this step, then stop;
   StartProfiler  the trace begins before the call of its first step.
@@ -153,9 +153,12 @@ class Evaluate(Action):
 
 
 class Export(Action):
-    """Exports a SavedModel to `model_dir/saves/epoch_NNN` at epoch ends.
+    """Exports a SavedModel to `model_dir/saves/` at epoch ends and at the run's last step.
 
-    At every epoch end with `every_epoch`, else only when the last step ends an epoch.
+    At every epoch end with `every_epoch`, and always at the last step, also where it
+    ends inside an epoch (`--train_steps`): `saves/epoch_NNN`, or `epoch_NNN.FFFF`
+    (`export.export_name`). At the start, the chief removes the unfinished exports
+    (`.partial`, `.old`) that a run killed while exporting left, and logs their names.
     """
 
     def __init__(
@@ -183,11 +186,19 @@ class Export(Action):
     def steps_to_next(self, step):
         return self.cadence.steps_to_next(step)
 
+    def start(self, step):
+        if not self.export_kwargs.get('chief', True):
+            return
+        for path in export.remove_unfinished(os.path.join(self.model_dir, 'saves')):
+            logging.warning(
+                'Removed %s: an unfinished export, left by a run stopped while writing it', path
+            )
+
     def __call__(self, output: LoopOutput):
         step = output.step
-        if not self.cadence.due(step) or not (self.every_epoch or step == self.last_step):
+        if step != self.last_step and not (self.every_epoch and self.cadence.due(step)):
             return
-        path = os.path.join(self.model_dir, 'saves', f'epoch_{step // self.steps_per_epoch:03d}')
+        path = os.path.join(self.model_dir, 'saves', export.export_name(step, self.steps_per_epoch))
         with ema.averaged_weights(self.weight_average):
             export.export_saved_model(
                 self.model, path, class_names=self.class_names.get(), **self.export_kwargs

@@ -223,7 +223,9 @@ class RunConfig:
         50, 'Stop when loss scaling skips more than this many steps in a row (0: no limit).'
     )
     save_every_epoch: bool = _option(
-        True, 'Export a SavedModel to saves/epoch_NNN after each epoch.'
+        True,
+        'Export a SavedModel to saves/epoch_NNN after each epoch (a run\'s last step always '
+        'exports, as saves/epoch_NNN.FFFF when it ends inside an epoch).',
     )
     histograms: bool = _option(
         False, 'Weight histograms in TensorBoard at each evaluation (large event files).'

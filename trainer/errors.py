@@ -158,3 +158,21 @@ def reported() -> Iterator[None]:
         if is_user_error(error):
             exit_with(error)
         report_bug()
+
+
+# The exit status of a training run stopped early on SIGTERM or SIGINT after writing its
+# checkpoint: not finished, to be started again. sysexits.h's EX_TEMPFAIL ("a temporary
+# failure; the user is invited to retry"): distinct from success (0), a user's mistake
+# (1), a bug (2), and the 128 + N that shells and schedulers report for a process that
+# a signal killed without its cleanup (143 after a second SIGTERM, 137 after SIGKILL),
+# which promises no checkpoint.
+EXIT_STOPPED = 75
+
+
+class StoppedEarly(BaseException):
+    """Training stopped on a signal at a checkpoint before its last step; its message says
+    where. `main.py` prints it as one line and exits with `EXIT_STOPPED`.
+
+    A `BaseException`, as `KeyboardInterrupt` is: it is no error, so the handlers that
+    turn an `Exception` into a one-line error or a bug report (`reported`) let it pass.
+    """

@@ -26,11 +26,24 @@ unknown). The full name list is the export's `class_names` variable.
 Exports written before `serving_images` existed took the float images in
 `serving_default` and the bytes in `serving_bytes`; `load_predict_fn` (and
 `trainer/predict.py`) recognise a signature by its input, so they still read them.
+
+Names and unfinished exports. `saves/epoch_NNN` is the export at the end of epoch NNN;
+a run whose last step ends inside an epoch (`--train_steps`) exports that step too, as
+`saves/epoch_NNN.FFFF`: the epochs it had trained, to four decimals, cut off rather
+than rounded (`export_name`). That name sorts between the two epoch ends around it, so
+the newest export is the last in epoch order whatever its kind; it says that epoch
+NNN + 1 is unfinished, never claims an epoch that was not trained, and overwrites no
+epoch's export. An export is written to `NAME.partial` and renamed once complete; an
+export it replaces is first renamed to `NAME.old` and removed after. A kill leaves at
+most those two, which nothing reads (`trainer/predict.py` takes only complete names;
+`--only_eval` refuses them, `refuse_unfinished`) and a run's start removes
+(`remove_unfinished`).
 """
 
 import os
+import re
 import shutil
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -48,6 +61,55 @@ OUTPUTS = ('logits', 'probabilities', 'top5_classes', 'top5_probabilities', 'top
 
 # Where older exports kept the float-image signature (their `serving_default`).
 _OLDER_SIGNATURES_IMAGES = ('serving_default',)
+
+# An export being written, and one being replaced: never read, removed at a run's start.
+PARTIAL_SUFFIX = '.partial'
+OLD_SUFFIX = '.old'
+# A complete export's name (`export_name`); trainer/predict.py repeats it.
+COMPLETE_NAME = re.compile(r'epoch_(\d{3,})(?:\.(\d{4}))?')
+
+
+def export_name(step: int, steps_per_epoch: int) -> str:
+    """`epoch_NNN` at the end of epoch NNN, else `epoch_NNN.FFFF` (epochs trained, cut off).
+
+    Cut off, not rounded: step 45 of 23-step epochs is `epoch_001.9565`, and no step
+    of epoch 3 can be named `epoch_003.0000`, which would sort after `epoch_003`.
+    """
+    epochs, rest = divmod(step, steps_per_epoch)
+    if not rest:
+        return f'epoch_{epochs:03d}'
+    return f'epoch_{epochs:03d}.{rest * 10000 // steps_per_epoch:04d}'
+
+
+def is_unfinished(path: str) -> bool:
+    """Whether `path` names an export still being written or replaced (see the docstring)."""
+    return os.path.basename(path.rstrip('/')).endswith((PARTIAL_SUFFIX, OLD_SUFFIX))
+
+
+def refuse_unfinished(path: str, flag: str) -> None:
+    """Raises a one-line `errors.UserError` when `flag`'s `path` is an unfinished export."""
+    if is_unfinished(path):
+        raise errors.UserError(
+            f'{flag}={path} is an unfinished export (a run stopped while writing or '
+            'replacing it; the next training start removes it): give a complete '
+            'saves/epoch_NNN'
+        )
+
+
+def remove_unfinished(saves_dir: str) -> List[str]:
+    """Removes the unfinished exports a killed run left in `saves_dir`; returns their paths.
+
+    Call it only where no export is being written: at the start of a run, on the chief.
+    """
+    if not tf.io.gfile.isdir(saves_dir):
+        return []
+    removed = []
+    for name in sorted(tf.io.gfile.listdir(saves_dir)):
+        path = os.path.join(saves_dir, name.rstrip('/'))
+        if is_unfinished(path):
+            tf.io.gfile.rmtree(path)
+            removed.append(path)
+    return removed
 
 
 class _Serving(tf.Module):
@@ -168,13 +230,16 @@ def export_saved_model(
 ) -> str:
     """Writes a SavedModel with the three serving signatures to `path`.
 
-    Writing goes to a sibling temporary folder first and is renamed at the end, so a
-    crash never leaves a half export under the final name. Non-chief workers (which
-    must take part under MultiWorkerMirroredStrategy) write to a folder that is removed.
+    Writing goes to `path.partial` first and is renamed at the end, so a crash never
+    leaves a half export under the final name. An export already at `path` (the same
+    step exported again by a resumed run) is renamed to `path.old` before and removed
+    after: `path` is always either the old export or the new, whole. Non-chief workers
+    (which must take part under MultiWorkerMirroredStrategy) write to a folder that is
+    removed.
 
     Args:
       model: Keras model from normalised images to logits.
-      path: the export folder (`model_dir/saves/epoch_NNN`).
+      path: the export folder (`model_dir/saves/` and an `export_name`).
       image_size: the side of the model's input images.
       crop_fraction: the evaluation's central crop, built into `serving_default` and
         `serving_uint8`.
@@ -191,12 +256,18 @@ def export_saved_model(
         model, image_size=image_size, crop_fraction=crop_fraction, class_names=class_names
     )
     target = path if chief else path + f'.tmp_worker_{os.getpid()}'
-    tmp = target + '.partial'
+    tmp = target + PARTIAL_SUFFIX
     shutil.rmtree(tmp, ignore_errors=True)
     tf.saved_model.save(module, tmp, signatures=module.signature_functions())
     if chief:
-        shutil.rmtree(path, ignore_errors=True)
+        old = path + OLD_SUFFIX
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(path):
+            # Deleting it in place would leave, if killed, a folder with a complete
+            # name and half its files.
+            os.replace(path, old)
         os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
     else:
         shutil.rmtree(tmp, ignore_errors=True)
     return path

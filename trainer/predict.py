@@ -3,6 +3,11 @@
   python -m trainer.predict --model=/runs/d121/saves/epoch_090 cat.jpg dog.jpg
   python -m trainer.predict --model=/runs/d121 cat.jpg        # the run's newest export
 
+A run folder's newest export is the last of its complete ones in epoch order:
+`saves/epoch_NNN`, and `saves/epoch_NNN.FFFF` for a run that ended inside an epoch
+(`trainer/export.py` says why that name). Unfinished ones (`.partial`, `.old`: a run
+stopped while writing them) are never read, and one given by name is refused.
+
 The export's signature for encoded images (`serving_default`; `serving_bytes` in
 exports of older versions) does the evaluation preprocessing itself, so this reads the
 files' bytes and nothing else; it needs neither Keras nor the dataset.
@@ -15,8 +20,8 @@ point should not share or clash with them.
 """
 
 import argparse
-import glob
 import os
+import re
 import sys
 from typing import List, Sequence
 
@@ -26,20 +31,51 @@ INPUT_BYTES = 'image_bytes'
 # Where older exports kept the encoded-image signature (their `serving_default` took
 # float images).
 _OLDER_SIGNATURES_BYTES = ('serving_bytes',)
+# trainer.export's names of a complete export and of unfinished ones.
+COMPLETE_NAME = re.compile(r'epoch_(\d{3,})(?:\.(\d{4}))?')
+UNFINISHED_SUFFIXES = ('.partial', '.old')
 
 
 class PredictError(Exception):
     """A problem the user can fix (a path, a file); printed as one line."""
 
 
+def _epoch_order(name: str):
+    """The sort key of a complete export's name: epoch NNN's end before NNN.FFFF."""
+    whole, fraction = COMPLETE_NAME.fullmatch(name).groups()
+    return int(whole), -1 if fraction is None else int(fraction)
+
+
 def find_export(path: str) -> str:
-    """`path` if it is a SavedModel, else the newest `saves/epoch_NNN` below a model_dir."""
+    """`path` if it is a SavedModel, else the newest complete export below a model_dir.
+
+    Raises:
+      PredictError: `path` is an unfinished export, or neither a SavedModel nor a
+        model_dir with a complete export.
+    """
+    if os.path.basename(path.rstrip('/')).endswith(UNFINISHED_SUFFIXES):
+        raise PredictError(
+            f'--model={path} is an unfinished export (a run stopped while writing or '
+            'replacing it); give a complete saves/epoch_NNN, or the model_dir'
+        )
     if os.path.exists(os.path.join(path, 'saved_model.pb')):
         return path
-    exports = sorted(glob.glob(os.path.join(path, 'saves', 'epoch_*', 'saved_model.pb')))
-    if not exports:
-        raise PredictError(f'--model={path} is neither a SavedModel nor a model_dir with saves/')
-    return os.path.dirname(exports[-1])
+    saves = os.path.join(path, 'saves')
+    names = sorted(os.listdir(saves)) if os.path.isdir(saves) else []
+    complete = [
+        name
+        for name in names
+        if COMPLETE_NAME.fullmatch(name)
+        and os.path.exists(os.path.join(saves, name, 'saved_model.pb'))
+    ]
+    if not complete:
+        unfinished = [name for name in names if name.endswith(UNFINISHED_SUFFIXES)]
+        only = f' (only unfinished ones: {", ".join(unfinished)})' if unfinished else ''
+        raise PredictError(
+            f'--model={path} is neither a SavedModel nor a model_dir with a complete '
+            f'export in saves/{only}'
+        )
+    return os.path.join(saves, max(complete, key=_epoch_order))
 
 
 def format_predictions(name: str, classes, probabilities, names) -> List[str]:
@@ -105,7 +141,9 @@ def main(argv: Sequence[str] = None) -> int:
         description='Print the top-5 classes of images, using an exported model.',
     )
     parser.add_argument(
-        '--model', required=True, help='a SavedModel (saves/epoch_NNN), or a model_dir'
+        '--model',
+        required=True,
+        help='a SavedModel (saves/epoch_NNN), or a model_dir: its newest complete export',
     )
     parser.add_argument('images', nargs='+', help='JPEG or PNG files')
     args = parser.parse_args(argv)

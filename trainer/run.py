@@ -286,8 +286,9 @@ def train(
 ) -> Optional[Dict[str, float]]:
     """Trains (or resumes) the run described by `config`; returns the last evaluation.
 
-    SIGTERM or SIGINT (Ctrl-C) writes a checkpoint at the next loop boundary and returns
-    (see `trainer/preemption.py`); starting again with the same config resumes.
+    SIGTERM or SIGINT (Ctrl-C) writes a checkpoint at the next loop boundary and raises
+    `errors.StoppedEarly` (see `trainer/preemption.py`); starting again with the same
+    config resumes.
     `folder_lock` is the run folder's lock when the caller has taken it (`main.py`,
     before writing flags.cfg); otherwise the chief takes it here (`trainer/run_lock.py`).
     """
@@ -355,6 +356,7 @@ def train(
         step,
         distribute.weights_fingerprint(state.model.trainable_variables),
     )
+    watcher.raise_if_stopped(step, state.total_steps, evaluate.last_result)
     return evaluate.last_result
 
 
@@ -366,6 +368,7 @@ def evaluate(config: RunConfig) -> Dict[str, float]:
     """
     _prepare(config)
     path = config.only_eval
+    export.refuse_unfinished(path, '--only_eval')
     _set_up_determinism(config)
     if run_folder.is_saved_model(path):
         # A SavedModel's variables live on one device: evaluate it without distribution.
