@@ -22,6 +22,7 @@ from absl import flags
 from absl import logging
 
 from trainer import config as config_lib
+from trainer import cpu_isa
 from trainer import errors
 from trainer import run_folder
 from trainer import run_lock
@@ -77,6 +78,7 @@ def checked_config(flag_values: flags.FlagValues) -> config_lib.RunConfig:
     """The run's config from parsed flags, checked, without TensorFlow; raises UserError."""
     config = config_lib.RunConfig(**{name: flag_values[name].value for name in _FIELDS})
     config.check_run()
+    cpu_isa.check_environment(config.precision)
     _check_run_dir(config)
     return config
 
