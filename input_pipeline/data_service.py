@@ -31,21 +31,51 @@ local pipeline's, batch for batch:
 The price: every worker reads the whole dataset (N workers read it N times), and the
 trainer waits for the slowest worker in each round. A worker that restarts begins its
 share again from the stream's start, so a lost worker means restarting the training
-(which resumes exactly); a worker that is missing makes the trainer wait.
+(which resumes exactly). A lost worker ends the run in one line naming it, exit 1,
+with its last checkpoint intact, and nothing grows meanwhile (`Watchdog`): when a
+worker dies, the service goes on reading the others, whose batches the reorder stage
+would hold for ever; it holds at most `_MAX_ROUNDS_AHEAD` rounds and stops there. A
+worker that answers nothing at all makes the trainer wait: `--data_service_timeout`
+seconds without a batch end the run the same way, and SIGTERM or SIGINT while it
+waits still writes the checkpoint and stops, as at a loop boundary.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import re
+import select
+import signal
 import socket
+import sys
 import threading
 import time
 import uuid
+
+from absl import logging
 
 from trainer import errors
 
 # How long the trainer waits for the dispatcher and every worker to answer at start.
 _PROBE_SECONDS = 60.0
+
+# The most rounds one worker's batches may run ahead of another's in the reorder stage
+# (each held batch is a whole training batch: 77 MB at ImageNet's 256 x 224 x 224 in
+# bfloat16). The service's coordinated rounds keep the workers within a round or two of
+# each other; more means the service has stopped reading some worker (it died).
+_MAX_ROUNDS_AHEAD = 8
+# What the reorder stage's check says; `Watchdog` turns it into one line naming the worker.
+_BEHIND = 'tf.data service worker fell behind: index'
+
+# The dispatcher serves its --workers list under this dataset id (`serve_dispatcher`),
+# so that the trainer can name a worker that stopped by its address.
+_WORKER_LIST_ID = 'densenet-worker-list'
+
+# After SIGTERM or SIGINT, how long the trainer waits for a batch before it writes the
+# checkpoint itself (the training loop cannot reach its boundary without batches).
+_SIGNAL_GRACE_SECONDS = 3.0
 
 
 def parse_address(address: str, flag: str = 'data_service_address') -> tuple[str, int]:
@@ -170,6 +200,28 @@ def read(
         del images, labels
         return (position - first_position) // num_workers
 
+    # Each worker's share arrives in order, so the reorder stage below holds what the
+    # workers that are ahead sent beyond the one furthest behind. When the service
+    # stops reading a worker (it died), the others' batches would pile up there without
+    # end: stop once one worker is `_MAX_ROUNDS_AHEAD` rounds ahead of another.
+    progress = _Progress(num_workers)
+    _PROGRESS.append(progress)
+
+    def count_rounds(rounds, element):
+        worker = (element[2] - first_position) % num_workers
+        rounds = tf.tensor_scatter_nd_add(rounds, [[worker]], [1])
+        # Also in Python, for `Watchdog` to name a worker that stopped sending.
+        rounds = rounds + 0 * tf.py_function(progress.arrive, [worker], tf.int64)
+        behind = tf.argmin(rounds)
+        check = tf.debugging.Assert(
+            tf.reduce_max(rounds) - rounds[behind] <= _MAX_ROUNDS_AHEAD,
+            [_BEHIND, behind, 'of', num_workers],
+        )
+        with tf.control_dependencies([check]):
+            return rounds, tf.nest.map_structure(tf.identity, element)
+
+    dataset = dataset.scan(tf.zeros([num_workers], tf.int64), count_rounds)
+
     groups = dataset.group_by_window(
         key_func=group_of,
         reduce_func=lambda key, window: window.batch(num_workers),
@@ -193,7 +245,335 @@ def read(
             order = tf.identity(order)
         return tf.gather(images, order), tf.gather(labels, order)
 
-    return groups.enumerate().map(in_order).unbatch().prefetch(tf.data.AUTOTUNE)
+    # Batches put in order (`produced`) and that the training loop takes (`consumed`):
+    # equal counts mean the loop waits for a batch (`Watchdog`).
+    def counted(counter):
+        def count(images, labels):
+            tick = tf.py_function(counter, [], tf.int64)
+            with tf.control_dependencies([tick]):
+                return tf.identity(images), tf.identity(labels)
+
+        return count
+
+    batches = groups.enumerate().map(in_order).unbatch().map(counted(progress.produce))
+    return batches.prefetch(tf.data.AUTOTUNE).map(counted(progress.consume))
+
+
+class _Progress:
+    """Counts of the batches one `read` stream received (per worker), put in order and
+    handed on, and when the last was handed on."""
+
+    def __init__(self, num_workers: int):
+        self.arrived = [0] * num_workers
+        self.produced = self.consumed = 0
+        self.last_taken = time.monotonic()
+
+    def arrive(self, worker):
+        self.arrived[int(worker)] += 1
+        return 0
+
+    def produce(self):
+        self.produced += 1
+        return 0
+
+    def consume(self):
+        self.consumed += 1
+        self.last_taken = time.monotonic()
+        return 0
+
+    @property
+    def waiting(self) -> bool:
+        """Whether whoever reads the stream waits: everything that arrived was taken."""
+        return self.consumed >= self.produced
+
+
+# The `read` streams of this process (one per input pipeline and start of the stream).
+_PROGRESS: list[_Progress] = []
+
+
+def worker_addresses(address: str, num_workers: int) -> list[str]:
+    """The dispatcher's --workers, in shard order, as `serve_dispatcher` serves them.
+
+    A dispatcher started otherwise has no such list: then the workers are named by
+    their place in it ("worker 2 of 2").
+    """
+    import tensorflow as tf
+
+    service = tf.data.experimental.service
+    named = [f'worker {index + 1} of {num_workers}' for index in range(num_workers)]
+    listing = service.from_dataset_id(
+        service.ShardingPolicy.OFF,
+        _target(address),
+        _WORKER_LIST_ID,
+        element_spec=tf.TensorSpec([], tf.string),
+    ).take(1)
+    found = _read_within(listing.map(lambda text: (text,)), 30.0)
+    if isinstance(found, list) and found:
+        listed = found[0][0].decode().split(',')
+        if len(listed) == num_workers:
+            return listed
+    return named
+
+
+def answers(address: str, timeout: float = 3.0) -> bool:
+    """Whether something accepts a TCP connection at HOST:PORT."""
+    try:
+        host, port = parse_address(address)
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except (OSError, errors.UserError):
+        return False
+
+
+class Watchdog:
+    """Ends a run whose tf.data service workers stopped, in one line naming them.
+
+    Two ways a lost worker shows: the service stops reading it and goes on with the
+    others (a worker that died: the reorder stage's bound stops the stream, and
+    `guard` turns that into the line), or nothing arrives at all (a worker stopped, or
+    a network gone: a thread of its own sees the training loop wait `timeout` seconds
+    without a batch). Either way the line names the workers that do not accept a
+    connection, says what to do, and names the checkpoint the restart resumes from.
+
+    The thread ends the process itself (exit 1) since the training loop waits inside
+    TensorFlow, where Python cannot interrupt it; it acts only while the loop waits for
+    a batch (inside `guard`), never during a checkpoint, evaluation or export. For the
+    same reason it watches SIGTERM and SIGINT (`signal.set_wakeup_fd`, which the signal
+    reaches while the handler of `trainer/preemption.py` cannot run): once the loop
+    has waited `_SIGNAL_GRACE_SECONDS` for a batch and a signal has come, it writes the
+    checkpoint of the steps done, as the loop boundary would, and exits with
+    `errors.EXIT_STOPPED`. The loop, waiting for its next batch, has finished its
+    previous steps; which step that is comes from the batches it took (`_steps_done`).
+    Where that cannot be known (several training processes, which must save together),
+    it keeps the last checkpoint and says so.
+
+    Before the first batch arrives (workers fill their shuffle buffers and skip to a
+    resumed position, which can take minutes on a large dataset), only a worker that
+    refuses connections ends the run.
+    """
+
+    def __init__(
+        self,
+        address,
+        workers,
+        timeout,
+        checkpoint=None,
+        iterations=None,
+        start_step=0,
+        batches_per_step=1,
+        can_save=False,
+    ):
+        self.address, self.workers, self.timeout = address, list(workers), timeout
+        self.checkpoint, self.iterations, self.can_save = checkpoint, iterations, can_save
+        self.start_step, self.batches_per_step = start_step, batches_per_step
+        # The stream of the iterator the loop reads (one input pipeline per process).
+        self.streams = _PROGRESS[-1:]
+        self.in_loop = False
+        self.signal_name, self.signal_time = None, 0.0
+        self.entered = 0.0
+        self._stop = threading.Event()
+        self._wakeup = None
+        self._thread = threading.Thread(
+            target=self._watch, name='data-service-watchdog', daemon=True
+        )
+
+    # -- the main thread's side
+    def guard(self, train_fn):
+        """`train_fn` that the watchdog watches while it runs; a lost worker's stop of
+        the stream becomes one line."""
+        import tensorflow as tf
+
+        def guarded(*args, **kwargs):
+            self.entered = time.monotonic()
+            self.in_loop = True
+            try:
+                return train_fn(*args, **kwargs)
+            except tf.errors.InvalidArgumentError as error:
+                found = re.search(re.escape(_BEHIND) + r'\D*(\d+)', str(error))
+                if not found:
+                    raise
+                raise errors.UserError(self.message(behind=int(found.group(1)))) from None
+            finally:
+                self.in_loop = False
+
+        return guarded
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            reader, writer = socket.socketpair()
+            writer.setblocking(False)
+            try:
+                previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+                self._wakeup = (reader, writer, previous)
+            except ValueError:
+                reader.close()
+                writer.close()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._wakeup:
+            reader, writer, previous = self._wakeup
+            signal.set_wakeup_fd(previous)
+            reader.close()
+            writer.close()
+
+    # -- what it says
+    def _last_checkpoint(self) -> str:
+        latest = self.checkpoint.latest if self.checkpoint is not None else None
+        return f'from {os.path.basename(latest)}' if latest else 'from step 0 (no checkpoint yet)'
+
+    def message(self, behind=None, waited=None) -> str:
+        """The one line: which workers stopped, and what to do."""
+        silent = [worker for worker in self.workers if ':' in worker and not answers(worker)]
+        if behind is None:
+            # The worker whose batches stopped first, if one did.
+            arrived = [sum(counts) for counts in zip(*(s.arrived for s in self.streams))]
+            if arrived and min(arrived) < max(arrived):
+                behind = arrived.index(min(arrived))
+        named = list(silent)
+        if (
+            behind is not None
+            and 0 <= behind < len(self.workers)
+            and self.workers[behind] not in named
+        ):
+            named.insert(0, self.workers[behind])
+        why = (
+            f'the training loop waited {waited:.0f} s for a batch'
+            if waited is not None
+            else "its batches stopped coming while the other workers' went on"
+        )
+        if named:
+            stopped = (
+                'stopped answering' if set(named) <= set(silent) else 'stopped sending batches'
+            )
+            plural = 's' if len(named) > 1 else ''
+            who = f'tf.data service worker{plural} {", ".join(named)} {stopped}'
+        else:
+            who = (
+                f'the tf.data service at {self.address} sends no batches although its '
+                f'{len(self.workers)} workers accept connections'
+            )
+        return (
+            f'{who} ({why}): restart the dispatcher and every worker, then this command; '
+            f'training resumes exactly, {self._last_checkpoint()}'
+        )
+
+    # -- the thread
+    def _waiting_since(self):
+        """When the training loop began waiting for a batch that has not come, or None."""
+        if not self.in_loop:
+            return None
+        waiting = [stream for stream in self.streams if stream.waiting]
+        if not waiting:
+            return None
+        return max(self.entered, min(stream.last_taken for stream in waiting))
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            if self._wakeup:
+                ready, _, _ = select.select([self._wakeup[0]], [], [], 1.0)
+                if ready:
+                    data = self._wakeup[0].recv(64)
+                    if self._wakeup[2] != -1:
+                        # Passed on to the fd this replaced: the preemption watcher's,
+                        # which times the signal from its arrival (trainer/preemption.py).
+                        try:
+                            os.write(self._wakeup[2], data)
+                        except OSError:
+                            pass
+                    for number in data:
+                        if number in (signal.SIGTERM, signal.SIGINT) and not self.signal_name:
+                            self.signal_name = signal.Signals(number).name
+                            self.signal_time = time.monotonic()
+            else:
+                self._stop.wait(1.0)
+            since = self._waiting_since()
+            if since is None:
+                continue
+            now = time.monotonic()
+            if self.signal_name and now - since >= _SIGNAL_GRACE_SECONDS:
+                self._stop_on_signal(now - since)
+            any_batch = any(stream.produced for stream in self.streams)
+            if now - since >= self.timeout and (
+                any_batch or any(':' in w and not answers(w) for w in self.workers)
+            ):
+                self._exit(errors.UserError(self.message(waited=now - since)), 1)
+
+    def _steps_done(self):
+        """The steps whose updates the variables hold, or None where that is not known.
+
+        Not the optimizer's step counter alone: the loop's next step, waiting for its
+        batch, may have counted itself already (its increment does not wait for the
+        batch), while its update waits. The batches the loop took tell: waiting, it has
+        taken every batch that arrived, one per replica and step.
+        """
+        if not self.can_save or len(self.streams) != 1 or not self.streams[0].waiting:
+            return None
+        taken, remainder = divmod(self.streams[0].consumed, self.batches_per_step)
+        done = self.start_step + taken
+        counted = int(self.iterations.numpy())
+        if remainder or counted not in (done, done + 1):
+            return None
+        if counted != done:
+            self.iterations.assign(done)  # The waiting step's count, taken back.
+        return done
+
+    def _stop_on_signal(self, seconds: float) -> None:
+        step = self._steps_done() if self.checkpoint is not None else None
+        if step is not None:
+            if not self.checkpoint.has_checkpoint_at(step):
+                self.checkpoint.save(step)
+            done = f'checkpoint {self.checkpoint.latest} written at step {step}'
+        else:
+            done = f'the last checkpoint kept (resume {self._last_checkpoint()})'
+        text = (
+            f'{self.signal_name} while the training loop waited {seconds:.0f} s for a batch '
+            f'from the tf.data service: {done}; start again with the same flags to resume '
+            f'(exit status {errors.EXIT_STOPPED})'
+        )
+        logging.info('%s', text)
+        self._exit(text, errors.EXIT_STOPPED)
+
+    @staticmethod
+    def _exit(what, status: int) -> None:
+        """Ends the process from this thread: the main thread waits inside TensorFlow."""
+        logging.flush()
+        if isinstance(what, errors.UserError):
+            print(f'main.py: error: {errors.one_line(what)}', file=sys.stderr, flush=True)
+        else:
+            print(f'main.py: {what}', file=sys.stderr, flush=True)
+        os._exit(status)
+
+
+@contextlib.contextmanager
+def watched(state, timeout: float):
+    """`guard(train_fn)` for a run's training loop: the `Watchdog` when the run reads from
+    the tf.data service, else `train_fn` itself. `state` is `trainer/run.py`'s TrainState."""
+    if not state.data.service_workers:
+        yield lambda train_fn: train_fn
+        return
+    import tensorflow as tf
+
+    address = state.config.data_service_address
+    watchdog = Watchdog(
+        address,
+        worker_addresses(address, state.data.service_workers),
+        timeout,
+        state.checkpoint,
+        iterations=state.optimizer.iterations,
+        start_step=state.step,
+        batches_per_step=state.strategy.num_replicas_in_sync,
+        # Several training processes must write a checkpoint together (see
+        # trainer/preemption.py): there, the last one is kept.
+        can_save=not isinstance(
+            state.strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
+        ),
+    )
+    with watchdog:
+        yield watchdog.guard
 
 
 def new_job_prefix() -> str:
@@ -215,7 +595,14 @@ def serve_dispatcher(port: int, workers: list[str], work_dir: str | None = None)
         # A trainer that dies leaves its job behind; free the workers within a minute.
         job_gc_timeout_ms=60_000,
     )
-    return service.DispatchServer(config)
+    server = service.DispatchServer(config)
+    # The worker list, for the trainer to name a worker that stops (`worker_addresses`).
+    service.register_dataset(
+        server.target,
+        tf.data.Dataset.from_tensors(tf.constant(','.join(workers))),
+        dataset_id=_WORKER_LIST_ID,
+    )
+    return server
 
 
 def serve_worker(dispatcher: str, port: int, address: str):

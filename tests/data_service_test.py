@@ -33,6 +33,7 @@ from main_runs import differing_values
 from main_runs import run_main
 from main_runs import start_main
 from trainer import config as config_lib
+from trainer import errors
 from trainer import run_data
 
 _EXAMPLES = 70  # 8 steps of 8 per epoch; 6 left over, as an epoch is whole steps
@@ -102,20 +103,34 @@ def _wait_for_start(process: subprocess.Popen, timeout: float = 120) -> None:
     raise AssertionError('a data_service server did not start:\n' + ''.join(lines[-20:]))
 
 
+def _start_servers(commands: list[str]) -> list[subprocess.Popen]:
+    """The dispatcher and workers of `commands`, once all of them serve."""
+    processes = [_start(command) for command in commands]
+    try:
+        for process in processes:
+            _wait_for_start(process)
+    except BaseException:
+        _stop_servers(processes)
+        raise
+    return processes
+
+
+def _stop_servers(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope='module')
 def service_address():
     """README's dispatcher and two workers, started as it says, on this machine."""
     commands, address = _readme_servers()
     assert len(commands) == 3 and sum(' worker ' in command for command in commands) == 2
-    processes = [_start(command) for command in commands]
+    processes = _start_servers(commands)
     try:
-        for process in processes:
-            _wait_for_start(process)
         yield address
     finally:
-        for process in processes:
-            process.kill()
-            process.wait()
+        _stop_servers(processes)
 
 
 @pytest.fixture(scope='module')
@@ -218,31 +233,85 @@ def test_augmentations_and_mixing_are_the_local_ones(service_address, labelled_d
 _DEMO = ['--flagfile=demo.cfg', '--prepare_digits_demo=false', '--log_every_steps=6']
 
 
+def _last_line(run: Started) -> str:
+    return next(line for line in reversed(run.lines) if line.strip()).strip()
+
+
 @pytest.mark.slow
-def test_main_trains_bit_identical_to_local_and_resumes_exactly(
-    service_address, digits_dir, tmp_path
-):
-    """Through main.py: 26 demo steps (23 make an epoch) on the service, stopped by
-    SIGTERM after step 12 and resumed, against 26 uninterrupted local steps."""
-    common = [*_DEMO, f'--dataset_dir={digits_dir}', '--steps_per_loop=6', '--train_steps=26']
+def test_main_survives_lost_workers_and_resumes_bit_identical_to_local(digits_dir, tmp_path):
+    """Through main.py, 46 demo steps (two epochs of 23) on README's servers, against 46
+    uninterrupted local steps (the workers run up to ~20 batches ahead, which a shorter
+    run would leave nothing to wait for). On the way, as issue 20 found it: a worker SIGKILLed
+    after step 6 (the service went on reading the other worker while the reorder stage
+    held its batches, and the trainer hung with its memory growing ~100 MB/s); then,
+    after everything is restarted, a worker stopped (SIGSTOP) and a SIGTERM while the
+    loop waits for its batches. Each stop ends in one line, and everything restarted
+    resumes exactly."""
+    common = [*_DEMO, f'--dataset_dir={digits_dir}', '--steps_per_loop=6', '--train_steps=46']
     served_dir, local_dir = str(tmp_path / 'served'), str(tmp_path / 'local')
-    served = [*common, f'--model_dir={served_dir}', f'--data_service_address={service_address}']
+    commands, address = _readme_servers()
+    killed_worker = re.search(r'--address=(\S+)', commands[-1]).group(1)
+    served = [
+        *common,
+        f'--model_dir={served_dir}',
+        f'--data_service_address={address}',
+        '--checkpoint_every_steps=6',
+        '--data_service_timeout=30',
+    ]
     local = start_main([*common, f'--model_dir={local_dir}'])
 
-    run = Started(served)
-    run.wait_for(r'step 12/')
-    run.process.send_signal(signal.SIGTERM)
-    assert run.finish() == 0, run.tail()
+    # A worker killed: one line naming it, exit 1, within seconds; the checkpoints intact.
+    servers = _start_servers(commands)
+    try:
+        run = Started(served, timeout=150)
+        run.wait_for(r'step 6/')
+        servers[-1].kill()
+        killed = time.monotonic()
+        status = run.finish()
+        seconds = time.monotonic() - killed
+    finally:
+        _stop_servers(servers)
+    print(f'worker killed: exit {status} after {seconds:.1f} s: {_last_line(run)}')
+    assert status == 1, run.tail()
     assert any('(2 workers)' in line for line in run.lines), run.tail()
+    assert _last_line(run).startswith(f'main.py: error: tf.data service worker {killed_worker} ')
+    assert 'restart the dispatcher and every worker' in _last_line(run), run.tail()
+    assert seconds < 30, run.tail()
+    first_stop = max(checkpoints(served_dir))
+    assert 6 <= first_stop < 40 and f'ckpt-{first_stop}' in _last_line(run), run.tail()
+
+    # Everything restarted: resumed; a worker stopped, SIGTERM while the loop waits.
+    servers = _start_servers(commands)
+    try:
+        run = Started(served, timeout=150)
+        run.wait_for(rf'step {first_stop + 6}/')
+        servers[-1].send_signal(signal.SIGSTOP)
+        time.sleep(8)  # past an evaluation, should the loop have reached one
+        run.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        status = run.finish()
+        seconds = time.monotonic() - signalled
+    finally:
+        _stop_servers(servers)
+    print(f'SIGTERM while waiting: exit {status} after {seconds:.1f} s: {_last_line(run)}')
+    assert any('Resumed from' in line and f'ckpt-{first_stop}' in line for line in run.lines)
+    assert status == errors.EXIT_STOPPED, run.tail()
+    assert _last_line(run).startswith('main.py: SIGTERM while the training loop waited'), run.tail()
+    assert seconds < 15, run.tail()
     stopped_at = max(checkpoints(served_dir))
-    assert stopped_at in (12, 18), run.tail()
-    resumed = run_main(served, check=True)
+    assert first_stop + 6 <= stopped_at < 46 and f'ckpt-{stopped_at} written' in _last_line(run)
+
+    # Everything restarted again: resumed to the end, bit-identical to the local run.
+    servers = _start_servers(commands)
+    try:
+        resumed = run_main(served, check=True)
+    finally:
+        _stop_servers(servers)
     assert f'ckpt-{stopped_at}' in resumed.stderr and 'Resumed from' in resumed.stderr
     local = local.result()
     assert local.returncode == 0, local.stderr[-3000:]
-
-    differing, total = differing_values(checkpoints(served_dir)[26], checkpoints(local_dir)[26])
-    print(f'stopped at step {stopped_at}; {len(differing)} of {total} values differ at step 26')
+    differing, total = differing_values(checkpoints(served_dir)[46], checkpoints(local_dir)[46])
+    print(f'stopped at {first_stop} and {stopped_at}; {len(differing)} of {total} values differ')
     assert total > 100 and not differing, f'{len(differing)} of {total} differ: {differing[:5]}'
 
 

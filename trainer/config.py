@@ -125,6 +125,12 @@ class RunConfig:
         'the training input is decoded and augmented on its workers, batch for batch as '
         'locally; evaluation stays here.',
     )
+    data_service_timeout: float = _option(
+        60.0,
+        'With --data_service_address: seconds the training loop waits for a batch before '
+        'the run ends in one line naming the workers that stopped (a worker that died is '
+        'noticed sooner, by its batches stopping while the others go on).',
+    )
     color_jitter: float = _option(
         0.0, 'Brightness/contrast/saturation jitter, 0..0.99 (fb.resnet.torch: 0.4).'
     )
@@ -435,6 +441,10 @@ def _check_data_service(config: RunConfig) -> None:
     if config.skip_bad_records:
         # Skipping changes which records make a batch, and the workers must agree on it.
         raise ConfigError('--data_service_address cannot be combined with --skip_bad_records')
+    if not config.data_service_timeout > 0:
+        raise ConfigError(
+            f'--data_service_timeout must be positive, not {config.data_service_timeout}'
+        )
 
 
 def _check_environment(config: RunConfig) -> None:

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 import densenet
+from input_pipeline import data_service
 from trainer import actions
 from trainer import banner
 from trainer import checkpoint as checkpoint_lib
@@ -340,13 +341,16 @@ def train(
         profiler = profiling.StepProfiler(
             config.profile_steps, os.path.join(config.model_dir, 'logs', 'train'), enabled=chief
         )
-        controller = Controller(
-            lambda num_steps: train_loop(iterator, tf.constant(num_steps)),
-            steps_per_loop=config.steps_per_loop,
-            last_step=state.total_steps,
-            actions=_actions(state, writers, evaluate, profiler, watcher, chief),
-        )
-        step = controller.run(state.step)
+        # With the tf.data service: a lost worker ends the run in one line, and a signal
+        # while the loop waits for its batches still checkpoints (input_pipeline/data_service.py).
+        with data_service.watched(state, config.data_service_timeout) as guard:
+            controller = Controller(
+                guard(lambda num_steps: train_loop(iterator, tf.constant(num_steps))),
+                steps_per_loop=config.steps_per_loop,
+                last_step=state.total_steps,
+                actions=_actions(state, writers, evaluate, profiler, watcher, chief),
+            )
+            step = controller.run(state.step)
         profiler.stop()
         writers.close()
     # One line per worker: equal on every worker of a multi-worker run. (Batch-norm
