@@ -316,6 +316,8 @@ def test_user_error_is_one_readable_line(results, name):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('main.py: error: '), report  # The error is the last line.
     assert 'Value in checkpoint could not be found' not in result.stderr, report
+    assert 'Local rendezvous is aborting' not in result.stderr, report  # The error, again.
+    assert '[[{{node ' not in result.stderr, report
     for fragment in fragments:
         assert fragment in last, f'{fragment!r} not in {last!r}\n{report}'
 

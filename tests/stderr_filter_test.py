@@ -24,6 +24,10 @@ HARMLESS_LINES = [
     'one has already been registered',
     '2026-12-02 00:25:48.508457: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] '
     'TF-TRT Warning: Could not find TensorRT',
+    # A failed in-graph data check, told again by the runtime before main.py's line.
+    'W0000 00:00:1796519652.345079   14448 local_rendezvous.cc:404] Local rendezvous is '
+    'aborting with status: INVALID_ARGUMENT: label out of range: stored label 8',
+    '\t [[{{node Assert/Assert}}]]',
 ]
 CUINIT = (
     'E0000 00:00:1796167090.166083   12927 cuda_platform.cc:52] failed call to cuInit: '

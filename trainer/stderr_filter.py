@@ -18,7 +18,11 @@ straight to file descriptor 2, before and around its own logging set-up, which
   is reported as unknown (TensorFlow's own rewrite, ignored by design);
 - `TFRecordDataset buffer_size ...` (`tf_record_dataset_op.cc`) and `oneDNN supports
   DT_INT64 only on platforms with AVX-512` (`util.cc`, an error line for a fallback to
-  TensorFlow's own kernel): information.
+  TensorFlow's own kernel): information;
+- `Local rendezvous is aborting with status: ...` (`local_rendezvous.cc`) and the
+  `[[{{node ...}}]]` line after it: an op's failure told once more by the C++ runtime,
+  as it cancels the ops waiting on it, before Python raises it. The error itself
+  reaches the user as main.py's one line (or, for a bug, with its traceback).
 
 `install()` routes descriptor 2 through a small filter process that drops exactly
 these lines (the cuInit line only where no NVIDIA driver is installed) and passes
@@ -50,6 +54,8 @@ _HARMLESS = (
     r'node_def_util\.cc:\d+\] NodeDef mentions attribute use_unbounded_threadpool',
     r'tf_record_dataset_op\.cc:\d+\] (TFRecordDataset `buffer_size` is unspecified|'
     r'The default buffer size is)',
+    r'local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status',
+    r'^\s*\[\[\{\{node [^}]*\}\}\]\]\s*$',
 )
 _NO_DRIVER_CUINIT = r'cuda_platform\.cc:\d+\] failed call to cuInit'
 _NVIDIA_DRIVER = '/proc/driver/nvidia/version'
