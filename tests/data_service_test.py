@@ -247,7 +247,13 @@ def test_main_survives_lost_workers_and_resumes_bit_identical_to_local(digits_di
     after everything is restarted, a worker stopped (SIGSTOP) and a SIGTERM while the
     loop waits for its batches. Each stop ends in one line, and everything restarted
     resumes exactly."""
-    common = [*_DEMO, f'--dataset_dir={digits_dir}', '--steps_per_loop=6', '--train_steps=46']
+    common = [
+        *_DEMO,
+        f'--dataset_dir={digits_dir}',
+        '--steps_per_loop=6',
+        '--train_steps=46',
+        '--export_last_step=false',
+    ]
     served_dir, local_dir = str(tmp_path / 'served'), str(tmp_path / 'local')
     commands, address = _readme_servers()
     killed_worker = re.search(r'--address=(\S+)', commands[-1]).group(1)

@@ -355,6 +355,7 @@ def test_multi_worker_trains_in_sync_and_only_the_chief_writes(tmp_path):
             '--log_every_steps=4',
             '--checkpoint_every_steps=4',
             '--save_every_epoch=false',
+            '--export_last_step=false',
             '--random_flip=false',
             '--eval_crop_fraction=1.0',
             '--shuffle_buffer=256',

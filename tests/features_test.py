@@ -42,6 +42,7 @@ TINY = [
     '--log_every_steps=2',
     '--checkpoint_every_steps=2',
     '--save_every_epoch=false',
+    '--export_last_step=false',
     '--shuffle_buffer=64',
 ]
 

@@ -198,5 +198,7 @@ def test_the_demo_logs_sample_has_the_shape_the_trainer_prints_today(digits_dir)
         return re.sub(r'\d+(\.\d+)*', 'N', line)
 
     ours = [masked(line, [(digits_dir, 'DATA'), ('/runs/demo', 'RUN')]) for line in lines]
-    theirs = [masked(line, [('demo_run/data', 'DATA'), ('demo_run/model', 'RUN')]) for line in logged]
+    theirs = [
+        masked(line, [('demo_run/data', 'DATA'), ('demo_run/model', 'RUN')]) for line in logged
+    ]
     assert theirs == ours, 'run `python docs/update_readme.py`: the demo log is stale'

@@ -94,6 +94,7 @@ TINY = [
     '--checkpoint_every_steps=2',
     '--keep_checkpoints=10',
     '--save_every_epoch=false',
+    '--export_last_step=false',
     '--shuffle_buffer=64',
     '--deterministic',
     '--seed=4',

@@ -67,6 +67,7 @@ def _run(env_change, tmp_path):
         '--num_classes=10',
         '--batch_size=8',
         '--train_steps=2',
+        '--export_last_step=false',
         '--steps_per_loop=2',
         f'--model_dir={tmp_path}',
     ]

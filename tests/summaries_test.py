@@ -99,6 +99,7 @@ def tiny_run(digits_dir, tmp_path_factory):
             '--seed=3',
             '--shuffle_buffer=256',
             f'--train_steps={TRAIN_STEPS}',
+            '--export_last_step=false',
             '--steps_per_loop=2',
             '--log_every_steps=2',
             '--checkpoint_every_steps=2',

@@ -70,6 +70,7 @@ def mixing_runs(digits_dir, tmp_path_factory):
                 f'--dataset_dir={digits_dir}',
                 f'--model_dir={model_dirs[name]}',
                 f'--train_steps={_STEPS}',
+                '--export_last_step=false',
                 '--checkpoint_every_steps=1',
                 f'--keep_checkpoints={_STEPS}',
                 '--log_every_steps=10',

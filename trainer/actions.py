@@ -155,8 +155,8 @@ class Evaluate(Action):
 class Export(Action):
     """Exports a SavedModel to `model_dir/saves/` at epoch ends and at the run's last step.
 
-    At every epoch end with `every_epoch`, and always at the last step, also where it
-    ends inside an epoch (`--train_steps`): `saves/epoch_NNN`, or `epoch_NNN.FFFF`
+    At every epoch end with `every_epoch`, and at the last step with `at_last_step`, also
+    where it ends inside an epoch (`--train_steps`): `saves/epoch_NNN`, or `epoch_NNN.FFFF`
     (`export.export_name`). At the start, the chief removes the unfinished exports
     (`.partial`, `.old`) that a run killed while exporting left, and logs their names.
     """
@@ -172,8 +172,10 @@ class Export(Action):
         weight_average: Optional[ema.WeightAverage],
         export_kwargs: Dict,
         class_names,
+        at_last_step: bool = True,
     ):
         self.model = model
+        self.at_last_step = at_last_step
         self.model_dir = model_dir
         self.cadence = Every(steps_per_epoch)
         self.steps_per_epoch = steps_per_epoch
@@ -196,7 +198,8 @@ class Export(Action):
 
     def __call__(self, output: LoopOutput):
         step = output.step
-        if step != self.last_step and not (self.every_epoch and self.cadence.due(step)):
+        last = self.at_last_step and step == self.last_step
+        if not (last or (self.every_epoch and self.cadence.due(step))):
             return
         path = os.path.join(self.model_dir, 'saves', export.export_name(step, self.steps_per_epoch))
         with ema.averaged_weights(self.weight_average):

@@ -230,8 +230,12 @@ class RunConfig:
     )
     save_every_epoch: bool = _option(
         True,
-        'Export a SavedModel to saves/epoch_NNN after each epoch (a run\'s last step always '
-        'exports, as saves/epoch_NNN.FFFF when it ends inside an epoch).',
+        'Export a SavedModel to saves/epoch_NNN after each epoch.',
+    )
+    export_last_step: bool = _option(
+        True,
+        "Export a SavedModel at the run's last step, also when it ends inside an epoch "
+        '(saves/epoch_NNN.FFFF); false: only the exports of --save_every_epoch.',
     )
     histograms: bool = _option(
         False, 'Weight histograms in TensorBoard at each evaluation (large event files).'

@@ -267,6 +267,7 @@ def _actions(state: TrainState, writers, evaluate, profiler, watcher, chief: boo
             steps_per_epoch=steps_per_epoch,
             last_step=last_step,
             every_epoch=config.save_every_epoch,
+            at_last_step=config.export_last_step,
             weight_average=state.weight_average,
             export_kwargs=dict(
                 image_size=config.image_size, crop_fraction=config.eval_crop_fraction, chief=chief
