@@ -73,12 +73,16 @@ def test_a_run_checkpointed_by_the_earlier_code_resumes_bit_identical(tmp_path):
     # The flags it was started with are written back unchanged, but for the folders;
     # flags added since are written with their defaults (the run did not set them).
     def flag_lines(text):
-        lines = [line.partition('=') for line in text.splitlines() if line.startswith('--')]
-        return {
-            name[2:]: value
-            for name, _, value in lines
-            if name not in ('--model_dir', '--dataset_dir')
-        }
+        values = {}
+        for line in text.splitlines():
+            if not line.startswith('--'):
+                continue
+            name, equals, value = line[2:].partition('=')
+            if not equals:  # absl writes a boolean as --name or --noname.
+                name, value = (name[2:], 'false') if name.startswith('no') else (name, 'true')
+            if name not in ('model_dir', 'dataset_dir'):
+                values[name] = value
+        return values
 
     old, new = flag_lines(before), flag_lines(flagfile.read_text())
     assert {name: new[name] for name in old if name in new} == old
