@@ -424,13 +424,12 @@ def _check_values(config: RunConfig) -> None:
     for name in ('dropout_rate', 'label_smoothing', 'ema_decay'):
         if not 0 <= getattr(config, name) < 1:
             raise ConfigError(f'--{name}={getattr(config, name)} must be in [0, 1)')
-    if not config.initial_lr > 0:
-        raise ConfigError(f'--initial_lr must be positive, not {config.initial_lr}')
-    for name in ('final_lr', 'momentum', 'weight_decay', 'train_steps'):
+    # 0 is allowed: a run that keeps its initial weights (tests use it to check them).
+    for name in ('initial_lr', 'final_lr', 'momentum', 'weight_decay', 'train_steps'):
         if getattr(config, name) < 0:
             raise ConfigError(f'--{name} must be 0 or more, not {getattr(config, name)}')
-    if any(not value > 0 for value in config.lr_values):
-        raise ConfigError(f'--lr_values must all be positive, not {config.lr_values}')
+    if any(value < 0 for value in config.lr_values):
+        raise ConfigError(f'--lr_values must all be 0 or more, not {config.lr_values}')
     if config.max_skipped_steps < 0:
         raise ConfigError(f'--max_skipped_steps must be 0 or more, not {config.max_skipped_steps}')
     if config.data_service_address:
