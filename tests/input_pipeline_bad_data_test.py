@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 import pytest
+from jpeg_headers import declaring
 import skimage.data
 import tensorflow as tf
 from PIL import Image
@@ -179,15 +180,6 @@ def test_bad_label_stops_even_when_skipping_bad_records(tmp_path, patches):
         assert errors.is_user_error(raised.value)
         line = one_line(raised.value)
         assert line == f'label missing: a record in file {path} has no image/class/label', line
-
-
-def declaring(image: bytes, width: int, height: int) -> bytes:
-    """A real JPEG whose frame header (SOF) declares another size: its data is as short."""
-    data, at = bytearray(image), 2
-    while data[at + 1] not in (0xC0, 0xC1, 0xC2):  # walk the segments to the SOF
-        at += 2 + int.from_bytes(data[at + 2 : at + 4], 'big')
-    data[at + 5 : at + 9] = height.to_bytes(2, 'big') + width.to_bytes(2, 'big')
-    return bytes(data)
 
 
 def test_images_too_large_or_too_short_for_their_size_are_named_or_skipped(

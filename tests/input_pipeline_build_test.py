@@ -18,6 +18,7 @@ import tarfile
 
 import numpy as np
 import pytest
+from jpeg_headers import declaring
 import scipy.io
 import skimage.data
 import tensorflow as tf
@@ -399,15 +400,6 @@ def test_bad_inputs_are_named(tmp_path, downloads):
         )
     assert not os.listdir(tmp_path / 'out2')  # no partial shard left behind
     shutil.rmtree(tmp_path / 'broken')
-
-
-def declaring(image: bytes, width: int, height: int) -> bytes:
-    """A real JPEG whose frame header (SOF) declares another size: its data is as short."""
-    data, at = bytearray(image), 2
-    while data[at + 1] not in (0xC0, 0xC1, 0xC2):  # walk the segments to the SOF
-        at += 2 + int.from_bytes(data[at + 2 : at + 4], 'big')
-    data[at + 5 : at + 9] = height.to_bytes(2, 'big') + width.to_bytes(2, 'big')
-    return bytes(data)
 
 
 def test_damaged_images_and_tars_are_named(tmp_path, downloads):
