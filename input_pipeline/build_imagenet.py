@@ -39,19 +39,18 @@ the keys and labels of TF-slim's `build_imagenet_data.py`. Train examples are sh
 with a fixed seed so that every shard mixes classes; validation keeps the image order.
 Shards are written by `--num_workers` processes (one per CPU, fewer for a small build),
 each under a hidden temporary name renamed when complete, so a rerun keeps finished
-shards and writes only the rest. Like TF-slim we decode every image once: grayscale and
-colour JPEGs are kept byte for byte, CMYK JPEGs and anything else (one train "JPEG" is a
-PNG) are re-encoded as RGB JPEGs, and an image that does not decode, decodes only with
-libjpeg's warning that data is missing, or that the trainer would refuse (too large,
-too few bytes for its size: `decode.jpeg_problem`) stops the build with its name. At the end the records of every shard are counted and checked against the
-sources.
+shards and writes only the rest. Every image is decoded once and kept or re-encoded by
+the rule all builders share (`image_files.encoded_jpeg`: greyscale and colour JPEGs byte
+for byte, CMYK and other formats as RGB JPEGs); an image that does not decode, decodes
+only with libjpeg's warning that data is missing, or that the trainer would refuse
+stops the build with its name. At the end the records of every shard are counted and
+checked against the sources.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import dataclasses
 import importlib.resources
 import io
@@ -62,16 +61,16 @@ import re
 import struct
 import sys
 import tarfile
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+
+from input_pipeline import image_files
 
 # TF-slim's shard counts: ~1,250 train and ~390 validation images (~140 MB) per shard.
 TRAIN_SHARDS = 1024
 VALIDATION_SHARDS = 128
 # TF-slim shuffles the train images with a fixed seed; any fixed seed does.
 _SHUFFLE_SEED = 12345
-_REENCODE_QUALITY = 95
 _SYNSET = re.compile(r'^n\d{8}$')
 _ILSVRC2012_ID = re.compile(r'^\d+$')
 # The image number of a validation file: ILSVRC2012_val_00000236.JPEG -> 236.
@@ -86,42 +85,8 @@ _GROUND_TRUTH = 'ILSVRC2012_validation_ground_truth.txt'
 _META = 'meta.mat'
 # The least images worth a worker process of their own (see `_default_workers`).
 _IMAGES_PER_WORKER = 1000
-# libjpeg's warnings that data is missing and was filled in (jerror.h: JWRN_HIT_MARKER,
-# JWRN_JPEG_EOF, JWRN_HUFF_BAD_CODE, JWRN_MUST_RESYNC). Others are harmless and pass:
-# "Corrupt JPEG data: N extraneous bytes before marker" (JWRN_EXTRANEOUS_DATA), which a
-# few ILSVRC2012 train images are known to print, decodes every pixel.
-_LIBJPEG_DATA_LOST = (
-    'premature end of data segment',
-    'Premature end of JPEG file',
-    'bad Huffman code',
-    'instead of RST',
-)
 # Progress lines when stderr is not a terminal: at most one per this many seconds.
 _LOG_INTERVAL_S = 30.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """Where one image's bytes are: a file, or a byte range of a tar file.
-
-    Attributes:
-      path: the image file, or the tar file holding it.
-      offset: start of the image's bytes in `path` (0 for a plain file).
-      size: number of bytes (-1: the whole file).
-      name: the image's file name, such as `n01440764_10026.JPEG`.
-      synset: its class.
-    """
-
-    path: str
-    offset: int
-    size: int
-    name: str
-    synset: str
-
-    def read(self) -> bytes:
-        with open(self.path, 'rb') as stream:
-            stream.seek(self.offset)
-            return stream.read(self.size)
 
 
 def _tar_members(
@@ -149,7 +114,7 @@ def _tar_members(
             for member in archive:
                 name = os.path.basename(member.name)
                 if member.islnk() or member.issym():
-                    if _is_image_name(name) or name.endswith('.tar'):
+                    if image_files.is_image_name(name) or name.endswith('.tar'):
                         raise ValueError(
                             f'{where}: member {member.name} is a link to {member.linkname}, '
                             'not a file: build from a tar of the files themselves'
@@ -175,11 +140,7 @@ def _tar_members(
         )
 
 
-def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(('.jpeg', '.jpg', '.png')) and not name.startswith('.')
-
-
-def train_sources_from_tar(path: str) -> list[Source]:
+def train_sources_from_tar(path: str) -> list[image_files.Source]:
     """Indexes ILSVRC2012_img_train.tar: the images of its per-class tars, by offset.
 
     Only tar headers are read (the outer tar's and each class tar's), not the images;
@@ -195,8 +156,8 @@ def train_sources_from_tar(path: str) -> list[Source]:
             window = _Window(stream, offset, size)
             members = _tar_members(None, offset, fileobj=window, where=f'{path}:{class_tar}')
             for name, data_offset, data_size in members:
-                if _is_image_name(name):
-                    sources.append(Source(path, data_offset, data_size, name, synset))
+                if image_files.is_image_name(name):
+                    sources.append(image_files.Source(path, data_offset, data_size, name, synset))
     return sources
 
 
@@ -221,19 +182,6 @@ class _Window:
 
     def tell(self) -> int:
         return self._position
-
-
-def train_sources_from_dir(path: str) -> list[Source]:
-    """The images of `path/<synset>/`, one folder per class."""
-    sources = []
-    for synset in sorted(os.listdir(path)):
-        folder = os.path.join(path, synset)
-        if not os.path.isdir(folder) or synset.startswith('.'):
-            continue
-        for name in sorted(os.listdir(folder)):
-            if _is_image_name(name):
-                sources.append(Source(os.path.join(folder, name), 0, -1, name, synset))
-    return sources
 
 
 def read_lines(path: str) -> list[str]:
@@ -421,7 +369,7 @@ def val_sources(
     val_dir: str | None,
     labels: Sequence[str] | None,
     labels_name: str = '--val_labels',
-) -> list[Source]:
+) -> list[image_files.Source]:
     """The validation images in image-number order, with their synsets.
 
     An image sorted into a class folder has that folder's synset; any other is labelled
@@ -440,13 +388,13 @@ def val_sources(
             if os.path.isdir(folder) and _SYNSET.match(entry):
                 # Already sorted into class folders: the folder is the label.
                 for name in sorted(os.listdir(folder)):
-                    if _is_image_name(name):
+                    if image_files.is_image_name(name):
                         found.append((name, (os.path.join(folder, name), 0, -1, entry)))
-            elif _is_image_name(entry):
+            elif image_files.is_image_name(entry):
                 found.append((entry, (folder, 0, -1)))
     sources, numbers = [], {}
     for name, location in sorted(found, key=lambda item: item[0]):
-        if not _is_image_name(name):
+        if not image_files.is_image_name(name):
             continue
         # Two files of one image number (a copy with another extension, a tar member
         # added twice, a flat file beside a sorted one) would both be built.
@@ -461,7 +409,7 @@ def val_sources(
                 )
             numbers[number] = where
         synset = location[3] if len(location) == 4 else _val_synset(name, labels, labels_name)
-        sources.append(Source(*location[:3], name, synset))
+        sources.append(image_files.Source(*location[:3], name, synset))
     return sources
 
 
@@ -507,77 +455,10 @@ class _ShardJob:
     split: str
     index: int
     num_shards: int
-    sources: tuple[Source, ...]
+    sources: tuple[image_files.Source, ...]
     labels: dict
     texts: dict
     boxes: dict
-
-
-@contextlib.contextmanager
-def _libjpeg_warnings() -> Iterator[list[str]]:
-    """Collects libjpeg's warnings of lost data, printed on file descriptor 2 while decoding.
-
-    libjpeg reports damaged data it can work around ("Corrupt JPEG data: premature end
-    of data segment", "Premature end of JPEG file") as a warning printed to stderr and
-    fills the gap with grey; TensorFlow's decoder then succeeds. The builder decodes
-    every image once anyway, so it can read those warnings and refuse the image.
-    Whatever else appeared there is passed on to stderr.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        lines: list[str] = []
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            for line in capture.read().decode(errors='replace').splitlines():
-                if any(warning in line for warning in _LIBJPEG_DATA_LOST):
-                    lines.append(line)
-                elif line.strip():
-                    print(line, file=sys.stderr)
-
-
-def _encoded_jpeg(data: bytes, name: str) -> tuple[bytes, int, int]:
-    """JPEG bytes of an image and its size; CMYK and non-JPEG images are re-encoded.
-
-    The image is refused, with `name`, when it does not decode, when libjpeg warns of
-    damaged data while decoding it (`_libjpeg_warnings`), or when the trainer's checks
-    would refuse it (`decode.image_problem`, `decode.jpeg_problem`: a size beyond
-    `decode.MAX_IMAGE_PIXELS`, too few bytes for the declared size), so that a shard
-    never holds an image that training would stop on, skip, or learn from as grey.
-    """
-    import tensorflow as tf  # Imported in the worker processes only.
-
-    from input_pipeline import decode  # noqa: PLC0415  (TensorFlow: in workers only)
-
-    try:
-        problem = decode.image_problem(data).numpy().decode()
-        # A JPEG that decodes without a warning although it lacks its end marker has
-        # data appended after its image: it is re-encoded, as the trainer would refuse it.
-        appended = bool(problem) and bool(tf.io.is_jpeg(data)) and 'end marker' in problem
-        if not problem and tf.io.is_jpeg(data):
-            problem = decode.jpeg_problem(data).numpy().decode()
-        if problem and not appended:
-            raise ValueError(f'{name} is refused: {problem}')
-        # Decoding verifies the whole image, as TF-slim's builder does.
-        with _libjpeg_warnings() as warnings:
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        if warnings:
-            raise ValueError(f'{name} is refused: libjpeg says {warnings[0]!r} (damaged data)')
-        if (
-            not appended
-            and tf.io.is_jpeg(data)
-            and int(tf.io.extract_jpeg_shape(data, output_type=tf.int32)[2]) != 4
-        ):
-            return data, int(image.shape[0]), int(image.shape[1])
-    except tf.errors.OpError as error:
-        raise ValueError(f'{name} does not decode: {error.message.splitlines()[0]}') from error
-    height, width = int(image.shape[0]), int(image.shape[1])
-    return tf.io.encode_jpeg(image, quality=_REENCODE_QUALITY).numpy(), height, width
 
 
 def _write_shard(job: _ShardJob) -> tuple[str, int, int]:
@@ -586,7 +467,7 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, int]:
 
     examples = []
     for source in job.sources:
-        encoded, height, width = _encoded_jpeg(source.read(), f'{source.path}:{source.name}')
+        encoded, height, width = image_files.encoded_jpeg(source.read(), f'{source.path}:{source.name}')
         examples.append(
             writer.Example(
                 encoded=encoded,
@@ -678,7 +559,7 @@ def class_labels(synsets: Sequence[str] | None = None) -> dict[str, int]:
 
 
 def _check_classes(
-    train: Sequence[Source], validation: Sequence[Source], labels: dict, where: str
+    train: Sequence[image_files.Source], validation: Sequence[image_files.Source], labels: dict, where: str
 ) -> None:
     """Every image's synset must have a label: a stranger would otherwise get none.
 
@@ -697,8 +578,8 @@ def _check_classes(
 def build(
     *,
     output_dir: str,
-    train: Sequence[Source] = (),
-    validation: Sequence[Source] = (),
+    train: Sequence[image_files.Source] = (),
+    validation: Sequence[image_files.Source] = (),
     synsets: Sequence[str] | None = None,
     texts: dict | None = None,
     boxes: dict | None = None,
@@ -855,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     if args.train_tar:
         train = train_sources_from_tar(args.train_tar)
     elif args.train_dir:
-        train = train_sources_from_dir(args.train_dir)
+        train = image_files.class_folder_sources(args.train_dir)
     validation = []
     if args.val_tar or args.val_dir:
         labels, labels_name = read_val_labels(val_labels=args.val_labels, devkit=args.devkit)

@@ -16,15 +16,11 @@ from typing import Any, Sequence
 
 import tensorflow as tf
 
-# Image files `write_from_folders` picks up; anything else in a class folder (notes,
-# thumbnails databases) is ignored.
-IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.bmp', '.gif')
+from input_pipeline import image_files
 
 # Seed of the fixed example order of `write_from_folders`: classes mixed in every shard,
 # and the same shards from the same folders.
 _FOLDER_SHUFFLE_SEED = 0
-
-_REENCODE_QUALITY = 95
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,23 +213,6 @@ def write_shard(examples: Iterable[Example | Mapping[str, Any]], path: str) -> i
     return count
 
 
-def _as_jpeg(data: bytes, path: str) -> tuple[bytes, int, int]:
-    """Returns JPEG bytes and the (height, width) of an image file's contents.
-
-    JPEGs, including grayscale and CMYK ones, are kept byte for byte (the decoder turns
-    them into RGB); other formats are decoded and re-encoded as RGB JPEG.
-    """
-    try:
-        if tf.io.is_jpeg(data):
-            height, width, _ = tf.io.extract_jpeg_shape(data).numpy()
-            return data, int(height), int(width)
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    except tf.errors.InvalidArgumentError as error:
-        raise ValueError(f'{path} is not a readable image: {error.message}') from error
-    height, width, _ = image.shape
-    return tf.io.encode_jpeg(image, quality=_REENCODE_QUALITY).numpy(), height, width
-
-
 def write_from_folders(
     root_dir: str,
     output_dir: str,
@@ -249,7 +228,8 @@ def write_from_folders(
     fixed seed so every shard mixes classes and the same folders give the same shards.
 
     Args:
-      root_dir: folder of class folders holding images (see `IMAGE_EXTENSIONS`).
+      root_dir: folder of class folders holding images (`image_files.IMAGE_EXTENSIONS`),
+        kept or re-encoded by the builders' one rule (`image_files.encoded_jpeg`).
       output_dir: folder for the shards.
       split: file name prefix, `train` or `validation`.
       num_shards: number of files.
@@ -261,41 +241,31 @@ def write_from_folders(
 
     Raises:
       FileNotFoundError: when `root_dir` is missing or holds no class folders.
-      ValueError: when an image cannot be decoded (the message names the file).
+      ValueError: when an image is refused (the message names the file).
     """
-    if not tf.io.gfile.isdir(root_dir):
+    if not os.path.isdir(root_dir):
         raise FileNotFoundError(f'image folder {root_dir} does not exist')
-    classes = sorted(
-        name.rstrip('/')
-        for name in tf.io.gfile.listdir(root_dir)
-        if not name.startswith('.') and tf.io.gfile.isdir(os.path.join(root_dir, name))
-    )
+    classes = image_files.class_folders(root_dir)
     if not classes:
         raise FileNotFoundError(
             f'{root_dir} holds no class folders (expected {root_dir}/<class>/<image>)'
         )
     class_names = class_names or {}
-
-    entries = []
-    for label, synset in enumerate(classes, start=1):
-        folder = os.path.join(root_dir, synset)
-        for name in sorted(tf.io.gfile.listdir(folder)):
-            if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS):
-                entries.append((os.path.join(folder, name), label, synset))
+    labels = {synset: label for label, synset in enumerate(classes, start=1)}
+    entries = image_files.class_folder_sources(root_dir)
     random.Random(_FOLDER_SHUFFLE_SEED).shuffle(entries)
 
     def examples() -> Iterable[Example]:
-        for path, label, synset in entries:
-            with tf.io.gfile.GFile(path, 'rb') as file:
-                encoded, height, width = _as_jpeg(file.read(), path)
+        for source in entries:
+            encoded, height, width = image_files.encoded_jpeg(source.read(), source.path)
             yield Example(
                 encoded=encoded,
-                label=label,
-                synset=synset,
-                text=class_names.get(synset, synset),
+                label=labels[source.synset],
+                synset=source.synset,
+                text=class_names.get(source.synset, source.synset),
                 height=height,
                 width=width,
-                filename=os.path.basename(path),
+                filename=source.name,
             )
 
     return write_tfrecords(examples(), output_dir, split, num_shards, num_examples=len(entries))
