@@ -1,4 +1,4 @@
-"""Tests of trainer/checkpoint.py, h5_weights.py, nonfinite.py and preemption.py, in process.
+"""Tests of trainer/checkpoint.py, nonfinite.py and preemption.py, in process.
 
 Damaged checkpoints, lost state files, NaN weights, pretrained .h5 files and signals,
 on a tiny DenseNet-BC; whole runs of main.py are in resume_kill_test.py.
@@ -24,11 +24,11 @@ from main_runs import run_main
 from random_weights import randomise_batch_norm
 from trainer import checkpoint as checkpoint_lib
 from trainer import errors
-from trainer import h5_weights
 from trainer import loop
 from trainer import nonfinite
 from trainer import preemption
 from trainer import step as step_lib
+from trainer import weights_by_name
 
 
 def _model(num_classes=10, name='densenet_bc_10_4', seed=0):
@@ -285,7 +285,7 @@ def test_h5_weights_load_by_layer_name(tmp_path, layout):
         _write_keras2_h5(path, source, rename=lambda name: name.replace('conv1_', 'conv1/'))
     else:
         source.save(path)  # Keras 2 and 3 both write the legacy layout under model_weights.
-    assert checkpoint_lib.load_initial_weights(target, path) == path
+    assert checkpoint_lib.load_initial_weights(target, path).source == path
     for ours, theirs in zip(_weights(target), _weights(source)):
         np.testing.assert_array_equal(ours, theirs)
 
@@ -324,7 +324,7 @@ def test_keras2_densenet121_save_weights_file_initialises_a_run(tmp_path):
     path = str(tmp_path / 'densenet121_keras2.h5')
     reference.save_weights(path)
     with h5py.File(path) as handle:  # The legacy layout, with Keras 2's own names.
-        assert 'conv1/conv' in [h5_weights._text(name) for name in handle.attrs['layer_names']]
+        assert 'conv1/conv' in [weights_by_name._text(name) for name in handle.attrs['layer_names']]
 
     model_dir = str(tmp_path / 'run')
     result = run_main(
@@ -359,18 +359,23 @@ def test_keras2_densenet121_save_weights_file_initialises_a_run(tmp_path):
 
 def test_h5_file_of_another_model_names_the_file_and_layer(tmp_path):
     path = str(tmp_path / 'other.h5')
-    _write_keras2_h5(path, _model(num_classes=1000))
+    _write_keras2_h5(path, _model(name='densenet_bc_16_4'))
     target = _model()
     before = _weights(target)
-    with pytest.raises(errors.CheckpointError) as error:
-        h5_weights.load_h5_weights(target, path)
-    assert str(error.value) == (
-        f'{path} does not fit the model: predictions/kernel is (9, 10) in the model but '
-        '(9, 1000) in the file (check --model and --num_classes)'
-    )
-    _write_keras2_h5(path, _model(name='densenet_bc_16_4'))
     with pytest.raises(errors.CheckpointError, match=rf'^{path} does not fit --model='):
-        h5_weights.load_h5_weights(target, path)
+        checkpoint_lib.load_initial_weights(target, path)
+    # A layer of another shape, other than the classifier, is refused by name.
+    source = _model()
+    _write_keras2_h5(path, source)
+    with h5py.File(path, 'r+') as handle:
+        del handle['conv1_conv']['conv1_conv/kernel:0']
+        handle['conv1_conv'].create_dataset('conv1_conv/kernel:0', data=np.zeros((3, 3, 3, 9)))
+    with pytest.raises(errors.CheckpointError) as error:
+        checkpoint_lib.load_initial_weights(target, path)
+    assert str(error.value) == (
+        f'{path} does not fit the model: conv1_conv/kernel is (3, 3, 3, 8) in the model but '
+        '(3, 3, 3, 9) in the file (check --model and --num_classes)'
+    )
     # A failed load changes nothing.
     for ours, old in zip(_weights(target), before):
         np.testing.assert_array_equal(ours, old)
@@ -379,7 +384,7 @@ def test_h5_file_of_another_model_names_the_file_and_layer(tmp_path):
 def test_init_from_checkpoint_reads_weights_only(saved):
     folder, weights = saved
     model = _model(seed=1)
-    assert checkpoint_lib.load_initial_weights(model, folder).endswith('ckpt-12')
+    assert checkpoint_lib.load_initial_weights(model, folder).source.endswith('ckpt-12')
     for ours, theirs in zip(_weights(model), weights[12]):
         np.testing.assert_array_equal(ours, theirs)
     with pytest.raises(FileNotFoundError):

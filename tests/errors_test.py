@@ -83,11 +83,12 @@ def _cases(tmp, digits_dir):
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    five_classes = os.path.join(tmp, 'five_classes', 'ckpt-1')
-    model = densenet.create_model('densenet_bc_10_4', num_classes=5, image_size=32)
+    # Another class count now fine-tunes (a fresh classifier); another depth is refused.
+    deeper = os.path.join(tmp, 'deeper', 'ckpt-1')
+    model = densenet.create_model('densenet_bc_16_4', num_classes=10, image_size=32)
     optimizer = keras.optimizers.SGD(momentum=0.9)
     optimizer.build(model.trainable_variables)
-    tf.train.Checkpoint(model=model, optimizer=optimizer).write(five_classes)
+    tf.train.Checkpoint(model=model, optimizer=optimizer).write(deeper)
     model_dir = os.path.join(tmp, 'model')
     data = f'--dataset_dir={digits_dir}'
     cases = [
@@ -204,10 +205,10 @@ def _cases(tmp, digits_dir):
             [plain, '--memory_efficient=False', 'not --memory_efficient=True'],
         ),
         (
-            'init_checkpoint_of_another_class_count',
-            [*TINY, data, f'--model_dir={model_dir}_init', f'--init_checkpoint={five_classes}'],
+            'init_checkpoint_of_another_model',
+            [*TINY, data, f'--model_dir={model_dir}_init', f'--init_checkpoint={deeper}'],
             {},
-            [f'checkpoint {five_classes} does not fit this model', 'predictions/'],
+            [f'{deeper} does not fit --model=densenet_bc_10_4', 'layers not in the model'],
         ),
         (
             'missing_flagfile',
@@ -247,7 +248,7 @@ CASE_NAMES = [
     'unknown_model',
     'model_dir_of_another_model',
     'model_dir_of_another_layout',
-    'init_checkpoint_of_another_class_count',
+    'init_checkpoint_of_another_model',
     'missing_flagfile',
     'missing_habana_module',
 ]

@@ -29,8 +29,8 @@ from absl import logging
 import tensorflow as tf
 
 from trainer import errors
-from trainer import h5_weights
 from trainer import nonfinite
+from trainer import weights_by_name
 
 # Errors that mean a checkpoint's files are damaged or missing, rather than that the
 # checkpoint belongs to another model (a ValueError or AssertionError, which falling
@@ -137,6 +137,10 @@ class CheckpointState:
         **extra,
     ):
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
+        # Restoring reads the model's weights by name (`weights_by_name`) and the rest,
+        # which holds no layers, through the object graph.
+        self._model = model
+        self._rest = tf.train.Checkpoint(optimizer=optimizer, **extra)
         self.step_counter = optimizer.iterations
         self._trackables = [model, optimizer, *extra.values()]
         self.chief = chief
@@ -193,7 +197,7 @@ class CheckpointState:
         damaged = []
         for prefix in reversed(prefixes):
             try:
-                self.checkpoint.restore(prefix).assert_existing_objects_matched()
+                self._restore(prefix)
             except _DAMAGED as error:
                 logging.warning(
                     'Checkpoint %s is unusable (%s); falling back to the previous one',
@@ -202,7 +206,7 @@ class CheckpointState:
                 )
                 damaged.append((prefix, errors.one_line(error)))
                 continue
-            except (AssertionError, ValueError) as error:
+            except (AssertionError, ValueError, errors.CheckpointError) as error:
                 raise errors.CheckpointError(
                     f'checkpoint {prefix} does not fit this model (check --model and '
                     f'--num_classes): {errors.one_line(error)}'
@@ -220,6 +224,17 @@ class CheckpointState:
                 'to start afresh'
             )
         return None
+
+    def _restore(self, prefix: str) -> None:
+        """Restores the optimizer and the extras by the object graph, the model by name.
+
+        By name, so that layers without weights (--dropout_rate) may differ between the
+        checkpoint and this run (`weights_by_name`). The weights are read before anything
+        is assigned, so damaged files are found first.
+        """
+        stored = weights_by_name.read_checkpoint(prefix)
+        self._rest.restore(prefix).expect_partial().assert_existing_objects_matched()
+        weights_by_name.assign(self._model, stored, prefix)
 
     def _remove_unfinished(self) -> None:
         """Removes the `ckpt-N_temp` folders of saves a kill or a full disk cut short.
@@ -273,16 +288,15 @@ class CheckpointState:
         return bool(self.latest) and _step_of(self.latest) == step
 
 
-def restore_weights(model, path: str) -> str:
-    """Loads only the model's weights from a checkpoint prefix or folder.
+def _newest_weights(path: str) -> Tuple[str, weights_by_name.Stored]:
+    """The model weights of the newest intact checkpoint at a prefix or in a folder.
 
     Accepts a checkpoint prefix (`.../ckpt-1000`), a checkpoints folder or a model_dir
-    holding `checkpoints/`. In a folder the newest checkpoint whose files are intact
-    is used (a damaged one is skipped with a warning). Returns the prefix that was read.
+    holding `checkpoints/`. A damaged checkpoint is skipped with a warning.
 
     Raises:
-      FileNotFoundError: no checkpoint is found at `path`.
-      errors.CheckpointError: the checkpoints are damaged or do not fit the model.
+      errors.MissingFileError: no checkpoint is found at `path`.
+      errors.CheckpointError: every checkpoint there is damaged.
     """
     candidates = [path]
     for folder in (path, os.path.join(path, 'checkpoints')):
@@ -296,36 +310,51 @@ def restore_weights(model, path: str) -> str:
     problems = []
     for prefix in candidates:
         try:
-            tf.train.Checkpoint(model=model).restore(
-                prefix
-            ).expect_partial().assert_existing_objects_matched()
-            return prefix
+            return prefix, weights_by_name.read_checkpoint(prefix)
         except _DAMAGED as error:
             logging.warning('Checkpoint %s is unusable (%s)', prefix, errors.one_line(error))
             problems.append(f'{os.path.basename(prefix)}: {errors.one_line(error)}')
-        except (AssertionError, ValueError) as error:
-            raise errors.CheckpointError(
-                f'checkpoint {prefix} does not fit this model (check --model and '
-                f'--num_classes): {errors.one_line(error)}'
-            ) from None
     raise errors.CheckpointError(f'no usable checkpoint at {path} ({"; ".join(problems)})')
 
 
-def load_initial_weights(model, path: str) -> str:
-    """Loads pretrained weights for fine-tuning: a checkpoint, or a Keras .h5 weights file.
+def restore_weights(model, path: str) -> str:
+    """Loads only the model's weights from a checkpoint prefix or folder (`_newest_weights`).
 
-    Only the model's weights are read; the optimizer and the step start afresh.
-
-    Returns:
-      What was read: the checkpoint prefix or the .h5 path.
+    Layers are matched by name (`weights_by_name`). Returns the prefix that was read.
 
     Raises:
-      FileNotFoundError: nothing at `path`.
-      errors.CheckpointError: the weights do not fit the model, naming the file.
+      errors.MissingFileError: no checkpoint is found at `path`.
+      errors.CheckpointError: the checkpoints are damaged or do not fit the model.
+    """
+    prefix, stored = _newest_weights(path)
+    try:
+        weights_by_name.assign(model, stored, prefix)
+    except errors.CheckpointError as error:
+        raise errors.CheckpointError(
+            f'checkpoint {prefix} does not fit this model (check --model and --num_classes): '
+            f'{errors.one_line(error)}'
+        ) from None
+    return prefix
+
+
+def load_initial_weights(model, path: str) -> weights_by_name.Loaded:
+    """Loads pretrained weights for fine-tuning, from any source `weights_by_name` reads.
+
+    `path` is this trainer's checkpoint (prefix, checkpoints folder or model_dir), its
+    export (a SavedModel folder), or a Keras `.h5` / `.weights.h5` file. Only the
+    model's weights are read; the optimizer and the step start afresh. A classifier
+    missing from the source or of another class count starts fresh (`Loaded.fresh`).
+
+    Raises:
+      errors.MissingFileError: nothing at `path`.
+      errors.CheckpointError: the weights do not fit the model, naming the file and layer.
     """
     if path.endswith(('.h5', '.hdf5')) or (
         tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
     ):
-        h5_weights.load_h5_weights(model, path)
-        return path
-    return restore_weights(model, path)
+        stored, source = weights_by_name.read_h5(path, model), path
+    elif weights_by_name.is_export(path):
+        stored, source = weights_by_name.read_checkpoint(weights_by_name.export_prefix(path)), path
+    else:
+        source, stored = _newest_weights(path)
+    return weights_by_name.assign(model, stored, source, allow_new_classifier=True)

@@ -163,9 +163,10 @@ def build_train_state(
         **extra_state,
     )
     if not checkpoint.restore_latest() and config.init_checkpoint:
+        loaded = checkpoint_lib.load_initial_weights(model, config.init_checkpoint)
         logging.info(
             'Initialised the weights from %s (fine-tuning: the optimizer and step start afresh)',
-            checkpoint_lib.load_initial_weights(model, config.init_checkpoint),
+            loaded.describe(),
         )
     train_step = step_lib.TrainStep(
         model,
