@@ -587,6 +587,7 @@ def build(
     validation_shards: int = VALIDATION_SHARDS,
     num_workers: int | None = None,
     progress_stream=None,
+    classes_from: str | None = None,
 ) -> dict[str, int]:
     """Writes and verifies the shards of both splits; returns the examples per split.
 
@@ -594,13 +595,15 @@ def build(
       synsets: the class list, label `k` = item `k` (1-based). Default: the standard
         1,000 (`standard_synsets()`), whatever classes `train` and `validation` hold.
       texts: `synset -> words` for `image/class/text`. Default: `standard_class_names()`.
+      classes_from: how messages name where `synsets` came from (default `--synsets`),
+        for a builder whose class list is not a flag (`build_folders.py`: the folders).
 
     Raises:
       ValueError: naming an image whose synset is outside the class list, an image that
         does not decode, or a shard whose record count is not the expected one.
     """
     labels = class_labels(synsets)
-    where = '--synsets' if synsets else STANDARD_SYNSETS
+    where = classes_from or ('--synsets' if synsets else STANDARD_SYNSETS)
     _check_classes(train, validation, labels, where)
     if texts is None:
         texts = standard_class_names()
