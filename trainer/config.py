@@ -220,8 +220,15 @@ class RunConfig:
     init_checkpoint: Optional[str] = _option(
         None,
         'Start from these weights only (fine-tuning; the optimizer and step start afresh): a '
-        'checkpoint (prefix or folder) or a Keras .h5 weights file. Ignored when --model_dir '
+        'checkpoint (prefix or folder), an export (saves/epoch_NNN), or a Keras .h5 or '
+        '.weights.h5 file (Keras Applications, with or without top). Layers match by name; a '
+        'classifier of another class count, or none, starts fresh. Ignored when --model_dir '
         'already holds checkpoints, which are resumed instead.',
+    )
+    freeze_backbone_epochs: int = _option(
+        0,
+        'Fine-tuning: train only the classifier for this many epochs (every other layer '
+        'frozen, its batch-norm statistics too), then every layer.',
     )
     # A dynamic scale starting at 2^15 needs about 15 skips to settle, so 50 in a row
     # means divergence.
@@ -432,6 +439,10 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(f'--lr_values must all be 0 or more, not {config.lr_values}')
     if config.max_skipped_steps < 0:
         raise ConfigError(f'--max_skipped_steps must be 0 or more, not {config.max_skipped_steps}')
+    if config.freeze_backbone_epochs < 0:
+        raise ConfigError(
+            f'--freeze_backbone_epochs must be 0 or more, not {config.freeze_backbone_epochs}'
+        )
     if config.data_service_address:
         _check_data_service(config)
     _check_training(config)

@@ -11,8 +11,9 @@ checkpoint state: what a checkpoint restores), the actions that run at their cad
 """
 
 import dataclasses
+import functools
 import os
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from absl import logging
 import keras
@@ -31,6 +32,7 @@ from trainer import ema
 from trainer import errors
 from trainer import evaluation
 from trainer import export
+from trainer import finetune
 from trainer import loop
 from trainer import nonfinite
 from trainer import optimizers
@@ -42,6 +44,7 @@ from trainer import run_lock
 from trainer import schedules
 from trainer import step as step_lib
 from trainer import summaries
+from trainer import weights_by_name
 from trainer.config import RunConfig
 from trainer.controller import Controller
 from trainer.controller import Every
@@ -109,6 +112,10 @@ class TrainState:
     train_step: step_lib.TrainStep
     checkpoint: checkpoint_lib.CheckpointState
     step: int
+    # Fine-tuning: the global step until which only the classifier trains (0: none).
+    frozen_until: int = 0
+    # Builds a TrainStep for the model's trainable variables as they are now.
+    new_train_step: Optional[Callable[[], step_lib.TrainStep]] = None
 
 
 def build_train_state(
@@ -168,7 +175,8 @@ def build_train_state(
             'Initialised the weights from %s (fine-tuning: the optimizer and step start afresh)',
             loaded.describe(),
         )
-    train_step = step_lib.TrainStep(
+    new_train_step = functools.partial(
+        step_lib.TrainStep,
         model,
         optimizer,
         loss_scaler=loss_scaler,
@@ -180,6 +188,10 @@ def build_train_state(
         grad_accum_steps=config.grad_accum_steps,
         weight_average=weight_average,
     )
+    step = int(optimizer.iterations.numpy())
+    frozen_until = config.freeze_backbone_epochs * data.steps_per_epoch
+    if step < frozen_until:
+        finetune.set_backbone_frozen(model, True)
     return TrainState(
         config=config,
         strategy=strategy,
@@ -190,9 +202,11 @@ def build_train_state(
         optimizer=optimizer,
         loss_scaler=loss_scaler,
         weight_average=weight_average,
-        train_step=train_step,
+        train_step=new_train_step(),
         checkpoint=checkpoint,
-        step=int(optimizer.iterations.numpy()),
+        step=step,
+        frozen_until=frozen_until,
+        new_train_step=new_train_step,
     )
 
 
@@ -332,13 +346,36 @@ def train(
         if state.step == 0 and chief and not config.synthetic_data:
             writers.image_grid(0, state.data.preview_images(_PREVIEW_IMAGES))
 
-        train_loop = loop.make_train_loop(
-            state.strategy,
-            state.train_step,
-            jit_compile=config.jit_compile,
-            # TensorFlow forbids reading the clock inside a graph under op determinism.
-            measure_input_wait=not config.deterministic,
-        )
+        if state.step < state.frozen_until:
+            logging.info(
+                'Fine-tuning: only %s trains until step %d (--freeze_backbone_epochs=%d; the '
+                "backbone's batch-norm statistics are frozen too), then every layer",
+                weights_by_name.CLASSIFIER,
+                state.frozen_until,
+                config.freeze_backbone_epochs,
+            )
+
+        def make_train_loop():
+            return loop.make_train_loop(
+                state.strategy,
+                state.train_step,
+                jit_compile=config.jit_compile,
+                # TensorFlow forbids reading the clock inside a graph under op determinism.
+                measure_input_wait=not config.deterministic,
+            )
+
+        train_loop = make_train_loop()
+
+        def unfreeze():
+            nonlocal train_loop
+            finetune.set_backbone_frozen(state.model, False)
+            state.train_step = state.new_train_step()
+            train_loop = make_train_loop()
+            logging.info(
+                'Step %d: the backbone is unfrozen; every layer trains from here',
+                state.frozen_until,
+            )
+
         iterator = iter(state.data.train(state.step))
         profiler = profiling.StepProfiler(
             config.profile_steps, os.path.join(config.model_dir, 'logs', 'train'), enabled=chief
@@ -350,7 +387,10 @@ def train(
                 guard(lambda num_steps: train_loop(iterator, tf.constant(num_steps))),
                 steps_per_loop=config.steps_per_loop,
                 last_step=state.total_steps,
-                actions=_actions(state, writers, evaluate, profiler, watcher, chief),
+                actions=[
+                    finetune.UnfreezeBackbone(state.frozen_until, unfreeze),
+                    *_actions(state, writers, evaluate, profiler, watcher, chief),
+                ],
             )
             step = controller.run(state.step)
         profiler.stop()
