@@ -415,3 +415,24 @@ def test_last_step_exports_and_unfinished_exports_are_never_read(exported, digit
     partial = _plant_unfinished(exported, saves)
     assert predict.find_export(model_dir) == os.path.join(saves, 'epoch_001.2000')
     assert predict.main([f'--model={partial}', exported['photo']]) == 1
+
+
+def test_eval_and_serving_inputs_are_keras_densenet_preprocess_input(exported):
+    # Keras' ImageNet DenseNet weights were trained on `densenet.preprocess_input`
+    # ('torch' mode: x / 255, minus ImageNet's mean, over its std); a model fine-tuned
+    # from them must see the same inputs in evaluation and serving. Keras' function is
+    # the reference, applied to the same decoded, cropped pixels.
+    from keras.applications import densenet as keras_densenet  # noqa: PLC0415
+
+    from input_pipeline import augment  # noqa: PLC0415
+
+    pixels = augment.decode_and_center_crop(
+        exported['encoded'], image_size=IMAGE_SIZE, crop_fraction=CROP
+    ).numpy()
+    want = keras_densenet.preprocess_input(pixels.copy()[None])
+    np.testing.assert_allclose(exported['eval_images'].numpy(), want, rtol=0, atol=2e-6)
+    loaded = tf.saved_model.load(exported['path'])
+    serving = loaded.signatures['serving_default']
+    served = serving(image_bytes=tf.constant([exported['encoded']]))['logits']
+    reference = exported['model'](want, training=False).numpy()
+    np.testing.assert_allclose(served.numpy(), reference, rtol=0, atol=1e-5)
