@@ -67,3 +67,15 @@ def test_missing_folders_are_checked_by_check_run_alike(tmp_path):
     assert RunConfig(lr_sched='cosine').precision == 'bfloat16'
     assert RunConfig(bfloat16=False).precision == 'float32'
     assert RunConfig(precision='float16').bfloat16 is False
+
+
+def test_num_classes_must_agree_with_a_built_class_list(tmp_path):
+    # input_pipeline/build_folders.py lists the classes of the folders it built from.
+    (tmp_path / 'classes.txt').write_text('cat\ndog\nhorse\n')
+    config = RunConfig(dataset_dir=str(tmp_path), model_dir=str(tmp_path / 'run'), num_classes=10)
+    with pytest.raises(config_lib.ConfigError) as error:
+        config.check_run()
+    assert str(error.value) == (
+        f'--num_classes=10, but {tmp_path / "classes.txt"} lists 3 classes: give --num_classes=3'
+    )
+    RunConfig(dataset_dir=str(tmp_path), model_dir=str(tmp_path / 'run'), num_classes=3).check_run()

@@ -303,6 +303,8 @@ class RunConfig:
                     'folder that holds the TFRecord shards'
                 )
             raise ConfigError(f'--dataset_dir={self.dataset_dir} does not exist')
+        if self.dataset_dir and is_local(self.dataset_dir):
+            _check_class_list(self.dataset_dir, self.num_classes)
         if not self.model_dir and not self.only_eval:
             raise ConfigError('--model_dir is required for training')
         if self.only_eval and not _exists(self.only_eval):
@@ -314,6 +316,27 @@ class RunConfig:
             raise ConfigError(
                 f'--init_checkpoint={self.init_checkpoint}: no such checkpoint or weights file'
             )
+
+
+def _check_class_list(dataset_dir: str, num_classes: int) -> None:
+    """A dataset built from class folders lists its classes: --num_classes must agree.
+
+    Too small a --num_classes stops the input at the first larger label; too large a one
+    trains logits that no example has, silently. The list is the builder's
+    (`input_pipeline/build_folders.py`), one class per line.
+    """
+    from input_pipeline import build_folders  # noqa: PLC0415  (no TensorFlow)
+
+    path = os.path.join(dataset_dir, build_folders.CLASS_LIST)
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding='utf8') as stream:
+        count = sum(1 for line in stream if line.strip())
+    if count != num_classes:
+        raise ConfigError(
+            f'--num_classes={num_classes}, but {path} lists {count} classes: give '
+            f'--num_classes={count}'
+        )
 
 
 def _numbers(name: str, values, kind=float) -> tuple:
