@@ -18,7 +18,8 @@ pooled. The figures are medians over `--rounds`.
 
 With `--portable` both runs are deterministic and the second is made under
 `trainer/cpu_isa.PORTABLE_ENV` (oneDNN's ops off, its kernels capped at AVX, one
-intra-op thread), under which a run's bits do not depend on the x86-64 CPU: what that
+intra-op thread), under which a run's bits do not depend on the core count or the ISA
+(not on every CPU model: `trainer/cpu_isa.py`): what that
 costs against a deterministic run as TensorFlow sets itself up. The cost grows with the
 cores a machine has, since the portable run uses one per op.
 

@@ -96,6 +96,8 @@ def test_fast_loop_command_selects_every_test_file_and_stack_the_standins(tmp_pa
             'resume_fixture',
             'readme_imagenet',
             'input_pipeline_distributed',
+            'finetune',
+            'readme_own_images',
         )
     }
     assert collected('-m', 'not slow') == files - wholly_slow
@@ -104,6 +106,7 @@ def test_fast_loop_command_selects_every_test_file_and_stack_the_standins(tmp_pa
         'tests/densenet_test.py',
         'tests/distribute_test.py',
         'tests/resume_fixture_test.py',
+        'tests/weights_by_name_test.py',
     }
 
 
