@@ -23,8 +23,7 @@ names only: not on listing order, file dates or the machine. --val_fraction=0: n
 validation split.
 
 Shards: by default one per 1,000 images, rounded down (1 below 2,000 images; every
-shard then holds 1,000 to 2,000), never 1,024 train shards, which the trainer takes for
-ImageNet without counting (trainer/run_data.py). Shards are written by worker
+shard then holds 1,000 to 2,000). Shards are written by worker
 processes and checked as `build_imagenet.build` does: the same listing, the same rule
 for keeping or re-encoding an image (`image_files.encoded_jpeg`: JPEGs kept byte for
 byte, PNG and others re-encoded as JPEG), a progress bar, record counts verified.
@@ -66,10 +65,6 @@ PLAN_FILE = '.build_folders_plan.json'
 _PLAN_VERSION = 1
 _TRAIN_FOLDER = 'train'
 _VAL_FOLDERS = ('val', 'validation')
-# trainer/run_data.py takes exactly 1,024 train shards for ImageNet's train split and
-# uses its known size instead of counting.
-_IMAGENET_TRAIN_SHARDS = 1024
-_IMAGENET_TRAIN_EXAMPLES = 1281167
 # Shard names of the three layouts formats.py reads: any of them in the output folder
 # would be read (or refused) together with the new shards.
 _SHARD_GLOBS = ('{split}-*-of-*', '{split}/{split}-*-of-*', '*-{split}.tfrecord-*-of-*')
@@ -230,30 +225,18 @@ def split_by_name_hash(
 
 
 def default_shards(count: int) -> int:
-    """One shard per `IMAGES_PER_SHARD` images, rounded down, at least 1; never 1,024.
+    """One shard per `IMAGES_PER_SHARD` images, rounded down, at least 1.
 
     Rounding down keeps every shard at 1,000 images or more (TF-slim's ImageNet shards
-    hold ~1,250). 1,024 becomes 1,023, as the trainer would take 1,024 train shards for
-    ImageNet's and not count them (trainer/run_data.py).
+    hold ~1,250).
     """
-    shards = max(1, count // IMAGES_PER_SHARD)
-    return shards - 1 if shards == _IMAGENET_TRAIN_SHARDS else shards
+    return max(1, count // IMAGES_PER_SHARD)
 
 
 def _check_shards(flag: str, shards: int, count: int) -> None:
-    """Refuses a shard count that would write empty shards, or mislead the trainer."""
+    """Refuses a shard count that would write empty shards."""
     if shards > count:
         raise ValueError(f'{flag}={shards} is more than the {count:,} images of that split')
-    if (
-        flag == '--train_shards'
-        and shards == _IMAGENET_TRAIN_SHARDS
-        and count != _IMAGENET_TRAIN_EXAMPLES
-    ):
-        raise ValueError(
-            f'{flag}={shards}: the trainer takes 1,024 train shards for ImageNet\'s '
-            f'{_IMAGENET_TRAIN_EXAMPLES:,} images without counting them '
-            '(trainer/run_data.py); choose another count'
-        )
 
 
 def make_plan(

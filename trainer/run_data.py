@@ -17,6 +17,28 @@ from trainer.config import RunConfig
 # ILSVRC2012's training split: the epoch of synthetic-data runs, and the known size
 # of its standard 1024-file layout.
 IMAGENET_TRAIN_EXAMPLES = 1281167
+IMAGENET_TRAIN_SHARDS = 1024
+# Records in one of those shards: 1281167 split into 1024 near-equal ranges.
+_IMAGENET_SHARD_SIZES = (
+    IMAGENET_TRAIN_EXAMPLES // IMAGENET_TRAIN_SHARDS,
+    IMAGENET_TRAIN_EXAMPLES // IMAGENET_TRAIN_SHARDS + 1,
+)
+
+
+def _count_train(files, skip_bad_records: bool) -> int:
+    """The training split's size: ImageNet's known one, or counted record by record.
+
+    Counting ImageNet's 1.28M training records means reading 140 GB, and its standard
+    1024-shard layout has a known size. The layout alone is not proof: another dataset
+    written in 1024 shards (a subset of the classes, a user's photos) would silently
+    get ImageNet's epoch. So one shard is counted (about 140 MB for ImageNet), and only
+    a shard of ImageNet's size keeps the known total.
+    """
+    if len(files) == IMAGENET_TRAIN_SHARDS:
+        first = dataset_lib.count_examples(files[:1], skip_bad_records=skip_bad_records)
+        if first in _IMAGENET_SHARD_SIZES:
+            return IMAGENET_TRAIN_EXAMPLES
+    return dataset_lib.count_examples(files, skip_bad_records=skip_bad_records)
 
 
 class RunData:
@@ -44,16 +66,8 @@ class RunData:
             self.schema, self.label_offset = found.schema, found.label_offset
             self.train_files = list(found.train_files)
             self.eval_files = list(found.validation_files)
-            # Counting ImageNet's 1.28M training records means reading 140 GB; its standard
-            # 1024-shard layout has a known size. Validation is always counted: exact
-            # evaluation depends on it.
-            self.num_train = (
-                IMAGENET_TRAIN_EXAMPLES
-                if len(self.train_files) == 1024
-                else dataset_lib.count_examples(
-                    self.train_files, skip_bad_records=config.skip_bad_records
-                )
-            )
+            # Validation is always counted: exact evaluation depends on it.
+            self.num_train = _count_train(self.train_files, config.skip_bad_records)
             self.num_eval = dataset_lib.count_examples(
                 self.eval_files, skip_bad_records=config.skip_bad_records
             )
