@@ -91,33 +91,35 @@ class Plan:
     validation_from: str  # how the summary names where validation images came from
 
 
-def find_folders(image_dir: str) -> Folders:
+def find_folders(image_dir: str, flag: str = '--image_dir') -> Folders:
     """Tells `photos/train/<class>` (with `val/` or `validation/`) from `photos/<class>`.
 
     A folder named train, val or validation directly in `image_dir` is a split folder;
     other folders beside train/ are refused rather than guessed to be classes, and a
     val/ without train/ too, since the train classes would then be `image_dir`'s folders.
+    The validator (`validate.py`) reads a tree by this same rule; `flag` names the
+    folder's flag in messages.
 
     Raises:
       ValueError: naming `image_dir` and the folder that does not fit.
     """
     if not os.path.isdir(image_dir):
-        raise ValueError(f'--image_dir={image_dir} is not a folder')
+        raise ValueError(f'{flag}={image_dir} is not a folder')
     folders = image_files.class_folders(image_dir)
     vals = [name for name in folders if name in _VAL_FOLDERS]
     if len(vals) > 1:
-        raise ValueError(f'--image_dir={image_dir} holds both val/ and validation/: keep one')
+        raise ValueError(f'{flag}={image_dir} holds both val/ and validation/: keep one')
     if _TRAIN_FOLDER not in folders:
         if vals:
             raise ValueError(
-                f'--image_dir={image_dir} holds {vals[0]}/ but no train/: put the train class '
+                f'{flag}={image_dir} holds {vals[0]}/ but no train/: put the train class '
                 f'folders in {os.path.join(image_dir, _TRAIN_FOLDER)}/'
             )
         return Folders(image_dir, None)
     others = [name for name in folders if name not in (_TRAIN_FOLDER, *_VAL_FOLDERS)]
     if others:
         raise ValueError(
-            f'--image_dir={image_dir} holds train/ and also {others[0]}/: put every train '
+            f'{flag}={image_dir} holds train/ and also {others[0]}/: put every train '
             f'class folder in {os.path.join(image_dir, _TRAIN_FOLDER)}/'
         )
     return Folders(

@@ -59,7 +59,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from input_pipeline import image_files
+from input_pipeline import build_folders, image_files
 
 # A class with fewer images than this in a split is a warning: too few to learn from
 # (train) or to measure (validation); 5 is a floor, not a recommendation.
@@ -549,21 +549,15 @@ def _find_records(dataset_dir: str, label_offset: int | None) -> Dataset | None:
 
 
 def _split_roots(dataset_dir: str) -> dict[str, str]:
-    """`{split: folder of class folders}`: train/ and val/ (or validation/), else DIR."""
-    roots = {}
-    train = os.path.join(dataset_dir, 'train')
-    if os.path.isdir(train):
-        roots['train'] = train
-    vals = [
-        os.path.join(dataset_dir, n)
-        for n in ('val', 'validation')
-        if os.path.isdir(os.path.join(dataset_dir, n))
-    ]
-    if len(vals) == 2:
-        raise DatasetError(f'{dataset_dir} holds both val/ and validation/: keep one')
-    if vals:
-        roots['validation'] = vals[0]
-    return roots or {'train': dataset_dir}
+    """`{split: folder of class folders}`, by the builder's rule (`build_folders.find_folders`)."""
+    try:
+        folders = build_folders.find_folders(dataset_dir, flag='--dataset_dir')
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
+    roots = {'train': folders.train}
+    if folders.validation:
+        roots['validation'] = folders.validation
+    return roots
 
 
 def _find_folders(dataset_dir: str) -> Dataset | None:

@@ -8,7 +8,6 @@ same for TFRecords written from a clean tree, with bad records added.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -17,8 +16,8 @@ import numpy as np
 import pytest
 import sklearn.datasets
 import tensorflow as tf
+from input_pipeline_build_test import encode  # CMYK through PIL: tensorflow cannot write it
 from jpeg_headers import declaring
-from PIL import Image
 
 from input_pipeline import image_files, validate, writer
 
@@ -26,16 +25,6 @@ CLASSES = ('c0', 'c1', 'c2', 'c3')
 # Images per class and split; c3 has fewer train images than `validate.FEW_IMAGES`.
 TRAIN = {'c0': 8, 'c1': 8, 'c2': 8, 'c3': 2}
 VALIDATION = 5
-
-
-def encode(image: np.ndarray, kind: str = 'JPEG', mode: str | None = None) -> bytes:
-    """`image` as a file's bytes; CMYK through PIL, as `tensorflow` cannot write it."""
-    picture = Image.fromarray(image)
-    if mode:
-        picture = picture.convert(mode)
-    buffer = io.BytesIO()
-    picture.save(buffer, kind, **({'quality': 90} if kind == 'JPEG' else {}))
-    return buffer.getvalue()
 
 
 def digit(number: int) -> np.ndarray:

@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from trainer import errors
 from trainer import nonfinite
+from trainer import run_folder
 from trainer import weights_by_name
 
 # Errors that mean a checkpoint's files are damaged or missing, rather than that the
@@ -353,7 +354,7 @@ def load_initial_weights(model, path: str) -> weights_by_name.Loaded:
         tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
     ):
         stored, source = weights_by_name.read_h5(path, model), path
-    elif weights_by_name.is_export(path):
+    elif run_folder.is_saved_model(path):
         stored, source = weights_by_name.read_checkpoint(weights_by_name.export_prefix(path)), path
     else:
         source, stored = _newest_weights(path)

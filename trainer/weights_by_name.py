@@ -257,7 +257,7 @@ def assign(model, stored: Stored, source: str, *, allow_new_classifier: bool = F
         raise errors.CheckpointError(
             f'{source} does not fit --model={model.name}: {"; ".join(parts)}'
         )
-    assignments = []
+    assignments, loaded_layers = [], 0
     for layer in layers:
         if layer.name not in stored:
             continue
@@ -275,16 +275,10 @@ def assign(model, stored: Stored, source: str, *, allow_new_classifier: bool = F
                 f'{source} does not fit the model: {problem} (check --model and --num_classes)'
             )
         assignments.extend(pairs)
+        loaded_layers += 1
     for weight, array in assignments:
         weight.assign(array)
-    loaded_layers = len({id(layer) for layer in layers if layer.name in stored}) - bool(
-        fresh and CLASSIFIER in stored
-    )
     return Loaded(source, loaded_layers, len(assignments), fresh)
-
-
-def is_export(path: str) -> bool:
-    return tf.io.gfile.exists(os.path.join(path, 'saved_model.pb'))
 
 
 def export_prefix(path: str) -> str:
