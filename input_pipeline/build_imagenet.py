@@ -467,7 +467,7 @@ def _write_shard(job: _ShardJob) -> tuple[str, int, int]:
 
     examples = []
     for source in job.sources:
-        encoded, height, width = image_files.encoded_jpeg(source.read(), f'{source.path}:{source.name}')
+        encoded, height, width = image_files.encoded_jpeg(source.read(), source.where)
         examples.append(
             writer.Example(
                 encoded=encoded,

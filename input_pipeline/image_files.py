@@ -63,6 +63,11 @@ class Source:
     name: str
     synset: str
 
+    @property
+    def where(self) -> str:
+        """How messages name the image: its file, or the tar and the member."""
+        return self.path if self.size < 0 else f'{self.path}:{self.name}'
+
     def read(self) -> bytes:
         with open(self.path, 'rb') as stream:
             stream.seek(self.offset)
@@ -137,6 +142,7 @@ def encoded_jpeg(data: bytes, name: str) -> tuple[bytes, int, int]:
     import tensorflow as tf  # noqa: PLC0415  (see the module's docstring)
 
     from input_pipeline import decode  # noqa: PLC0415
+    from trainer import errors  # noqa: PLC0415  (its one_line drops TensorFlow's op names)
 
     try:
         problem = decode.image_problem(data).numpy().decode()
@@ -159,6 +165,6 @@ def encoded_jpeg(data: bytes, name: str) -> tuple[bytes, int, int]:
         ):
             return data, int(image.shape[0]), int(image.shape[1])
     except tf.errors.OpError as error:
-        raise ValueError(f'{name} does not decode: {error.message.splitlines()[0]}') from error
+        raise ValueError(f'{name} does not decode: {errors.one_line(error)}') from error
     height, width = int(image.shape[0]), int(image.shape[1])
     return tf.io.encode_jpeg(image, quality=REENCODE_QUALITY).numpy(), height, width
