@@ -79,6 +79,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from input_pipeline import augment  # noqa: E402
 from input_pipeline import dataset  # noqa: E402
+from input_pipeline import formats  # noqa: E402
+from input_pipeline import preprocessing  # noqa: E402
 from input_pipeline import writer  # noqa: E402
 
 flags.DEFINE_integer('image_size', 224, 'Output side in pixels.')
@@ -281,7 +283,7 @@ def write_records(jpegs: list[bytes], folder: str) -> list[str]:
         writer.Example(encoded=jpeg, label=1 + index % 1000) for index, jpeg in enumerate(jpegs)
     ]
     writer.write_tfrecords(examples, folder, 'train', 4)
-    return dataset.list_files(folder, 'train')
+    return formats.list_files(folder, 'train')
 
 
 def time_batches(iterator, batch_size: int, warmup: int, count: int) -> tuple[float, float]:
@@ -310,14 +312,13 @@ def main(argv):
     )
     with tempfile.TemporaryDirectory() as folder:
         files = write_records(jpegs, folder)
+        records = preprocessing.Records(num_classes=1000)
         pipelines = {
             'ours': dataset.train_dataset(
                 files,
+                preprocessing.TrainPreprocessing(records, image_size=image_size, dtype=dtype),
                 batch_size=batch_size,
-                image_size=image_size,
-                num_classes=1000,
                 seed=FLAGS.seed,
-                dtype=dtype,
                 # As the trainer sets it; the epoch re-reads the files, as an epoch of a
                 # dataset larger than its shuffle buffer would read on.
                 batches_per_epoch=100000,
@@ -330,11 +331,9 @@ def main(argv):
             'eval': dataset.eval_dataset(
                 # The same shards eight times over: long passes, few restarts.
                 files * 8,
+                preprocessing.EvalPreprocessing(records, image_size=image_size, dtype=dtype),
                 batch_size=batch_size,
-                image_size=image_size,
-                num_classes=1000,
                 num_examples=8 * len(jpegs),
-                dtype=dtype,
             ).repeat(),
         }
         model_garden = model_garden_pipeline(files, image_size, batch_size, dtype)

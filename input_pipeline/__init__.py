@@ -6,7 +6,9 @@ decode.py          record parsing with its checks (labels, image bytes); RGB dec
 augment.py         stateless kernels: Inception crop fused with decode, flip, colour, normalise
 randaugment.py     RandAugment's 14 operations, stateless
 mixing.py          batch-level mixup and CutMix (soft labels)
-dataset.py         the tf.data graphs: reproducible train stream, exact padded eval, synthetic
+seeds.py           the seed contract: every random choice from (seed, epoch, pipeline, position)
+preprocessing.py   Augmentation settings; what a record becomes in training and evaluation
+dataset.py         the tf.data graphs: which records, in which order (train), each once (eval)
 writer.py          images (or a folder per class) -> TFRecord shards in the slim layout
 build_imagenet.py  the ILSVRC2012 downloads (tars or folders) -> verified slim shards
 digits.py          the bundled demo dataset, built from scikit-learn's digits scans

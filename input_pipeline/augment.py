@@ -281,9 +281,18 @@ def decode_and_center_crop(
     )
 
 
-def _blend(image: tf.Tensor, degenerate: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-    """`factor * image + (1 - factor) * degenerate`: fb.resnet.torch's `blend`."""
+def blend(image: tf.Tensor, degenerate: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """`factor * image + (1 - factor) * degenerate`, unclipped: fb.resnet.torch's `blend`.
+
+    PIL's `ImageEnhance` is the same blend of uint8 images, clipped: `randaugment.py`
+    passes the result through `to_uint8`.
+    """
     return degenerate + factor * (image - degenerate)
+
+
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+    """Pixel values rounded to the nearest integer and clipped to 0..255, as uint8."""
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
 def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
@@ -312,11 +321,11 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tenso
 
     def contrast(picture: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
         mean = tf.reduce_mean(tf.tensordot(picture, luma, 1))
-        return _blend(picture, mean, factor)
+        return blend(picture, mean, factor)
 
     def saturation(picture: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
         gray = tf.tensordot(picture, luma, 1)[..., tf.newaxis]
-        return _blend(picture, gray, factor)
+        return blend(picture, gray, factor)
 
     transforms = (brightness, contrast, saturation)
     for step in range(3):

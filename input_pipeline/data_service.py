@@ -12,7 +12,8 @@ and the trainer reads its training batches from them with
 `main.py --data_service_address=cpu0:5050`. Evaluation stays on the training host.
 
 What the workers compute is the local pipeline's own stream
-(`dataset.train_dataset(for_data_service=True)`): every worker reads and shuffles all
+(`dataset.train_dataset(for_data_service=True)`, decoded by `worker_batches` with the
+local pipeline's preprocessing objects): every worker reads and shuffles all
 records (reading is the cheap part), keeps every `num_workers`-th batch of serialised
 records (the service's HINT sharding, which is why the dispatcher needs the worker
 list) and decodes and augments only those. The trainer reads the workers in rounds
@@ -159,6 +160,58 @@ def _read_within(dataset, seconds: float):
     thread.start()
     thread.join(max(seconds, 0.0))
     return found[0] if found else None
+
+
+def worker_batches(serialized, preprocessing, *, batch_size: int, batches_per_epoch: int):
+    """The workers' side: each worker's share of the stream, decoded as locally.
+
+    Every worker runs this same graph: `serialized` (from `dataset.train_dataset(
+    for_data_service=True)`) is the whole stream of serialised batches with their keys,
+    `(kernel keys, mixing key, epoch, batch index, (positions, (records, filenames)))`;
+    batch b goes to worker b % num_workers (`shard(SHARD_HINT, SHARD_HINT)`, which the
+    service rewrites to the worker's index), which decodes only its own with the
+    local pipeline's `preprocessing` (prepare_batch, example, finish_batch). So its
+    batches are the local pipeline's, bit for bit.
+
+    Returns:
+      An endless dataset of `(images, labels, position)`, position int64 `epoch *
+      batches_per_epoch + batch index`, by which `read` puts the workers' batches back
+      in order. Endless, as the service's round-robin reads require.
+    """
+    import tensorflow as tf
+
+    shard_hint = tf.data.experimental.SHARD_HINT
+    own = serialized.shard(shard_hint, shard_hint)
+
+    def prepare_batch(kernel_keys, mixing_key, epoch, index, batch):
+        positions, (records, filenames) = batch
+        encoded, bbox, seeds, origin = preprocessing.prepare_batch(
+            kernel_keys, positions, records, filenames
+        )
+        # What `finish_batch` needs rides along with every example of the batch.
+        size = tf.size(positions)
+        position = epoch * batches_per_epoch + index
+        batch_info = (
+            tf.fill([size], index),
+            tf.tile(mixing_key[tf.newaxis], [size, 1]),
+            tf.fill([size], position),
+        )
+        return encoded, bbox, seeds, origin + batch_info
+
+    def example(encoded, bbox, seeds, origin_and_info):
+        image, _ = preprocessing.example(encoded, bbox, seeds, origin_and_info[:4])
+        return image, origin_and_info
+
+    def finish(images, origin_and_info):
+        *origin, index, mixing_keys, position = origin_and_info
+        images, labels = preprocessing.finish_batch(mixing_keys[0], index[0], images, tuple(origin))
+        return images, labels, position[0]
+
+    examples = own.map(prepare_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    examples = examples.unbatch().map(
+        example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return examples.batch(batch_size, drop_remainder=True).map(finish).repeat()
 
 
 def read(

@@ -19,6 +19,7 @@ from sklearn import datasets as sklearn_datasets
 from sklearn import model_selection
 
 from input_pipeline import dataset
+from input_pipeline import formats
 from input_pipeline import writer
 
 IMAGE_SIZE = 32
@@ -34,8 +35,8 @@ _JPEG_QUALITY = 95
 
 def _has_shards(dataset_dir: str) -> bool:
     try:
-        dataset.list_files(dataset_dir, 'train')
-        dataset.list_files(dataset_dir, 'validation')
+        formats.list_files(dataset_dir, 'train')
+        formats.list_files(dataset_dir, 'validation')
     except FileNotFoundError:
         return False
     return True
@@ -43,7 +44,7 @@ def _has_shards(dataset_dir: str) -> bool:
 
 def _count(dataset_dir: str) -> dict[str, int]:
     return {
-        split: dataset.count_examples(dataset.list_files(dataset_dir, split))
+        split: dataset.count_examples(formats.list_files(dataset_dir, split))
         for split in ('train', 'validation')
     }
 

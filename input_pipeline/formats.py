@@ -243,6 +243,17 @@ def schema_of(example: tf.train.Example, filename: str = '') -> RecordSchema:
     )
 
 
+def list_files(dataset_dir: str, split: str, *, layout: str = 'slim') -> list[str]:
+    """One split's sorted shards in one layout (the slim layout's `train-00000-of-01024`).
+
+    `find_dataset` for that split alone, with its checks: the one place shards are found.
+
+    Raises:
+      MissingFileError: when the folder is missing or no file matches.
+    """
+    return list(find_dataset(dataset_dir, layout=layout, splits=(split,)).files(split))
+
+
 def find_dataset(
     dataset_dir: str,
     *,

@@ -17,6 +17,7 @@ import math
 from typing import Callable
 
 import tensorflow as tf
+from input_pipeline import augment
 from trainer import errors
 
 MAX_MAGNITUDE = 10.0
@@ -34,14 +35,9 @@ def _as_float(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(image, tf.float32)
 
 
-def _to_uint8(image: tf.Tensor) -> tf.Tensor:
-    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-
-
-def _blend(image: tf.Tensor, degenerate: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-    """PIL's `ImageEnhance` blend: `degenerate + factor * (image - degenerate)`, clipped."""
-    image = _as_float(image)
-    return _to_uint8(degenerate + factor * (image - degenerate))
+def _enhance(image: tf.Tensor, degenerate: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
+    """PIL's `ImageEnhance`: `augment.blend` of the uint8 image, rounded and clipped."""
+    return augment.to_uint8(augment.blend(_as_float(image), degenerate, factor))
 
 
 def _gray(image: tf.Tensor) -> tf.Tensor:
@@ -76,7 +72,7 @@ def auto_contrast(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
     high = tf.reduce_max(pixels, axis=[0, 1])
     scale = tf.where(high > low, 255.0 / tf.maximum(high - low, 1.0), 1.0)
     offset = tf.where(high > low, low, 0.0)
-    return _to_uint8((pixels - offset) * scale)
+    return augment.to_uint8((pixels - offset) * scale)
 
 
 def equalize(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
@@ -124,15 +120,15 @@ def posterize(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
 
 
 def color(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
-    return _blend(image, _gray(image), 1.0 + level * _MAX_ENHANCE)
+    return _enhance(image, _gray(image), 1.0 + level * _MAX_ENHANCE)
 
 
 def contrast(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
-    return _blend(image, tf.reduce_mean(_gray(image)), 1.0 + level * _MAX_ENHANCE)
+    return _enhance(image, tf.reduce_mean(_gray(image)), 1.0 + level * _MAX_ENHANCE)
 
 
 def brightness(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
-    return _blend(image, tf.constant(0.0), 1.0 + level * _MAX_ENHANCE)
+    return _enhance(image, tf.constant(0.0), 1.0 + level * _MAX_ENHANCE)
 
 
 def sharpness(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
@@ -144,7 +140,7 @@ def sharpness(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:
     smooth = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
     inside = tf.pad(tf.ones_like(smooth[1:-1, 1:-1]), [[1, 1], [1, 1], [0, 0]])
     degenerate = inside * smooth + (1.0 - inside) * pixels
-    return _blend(image, degenerate, 1.0 + level * _MAX_ENHANCE)
+    return _enhance(image, degenerate, 1.0 + level * _MAX_ENHANCE)
 
 
 def shear_x(image: tf.Tensor, level: tf.Tensor) -> tf.Tensor:

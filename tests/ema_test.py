@@ -24,12 +24,12 @@ import pytest
 import tensorflow as tf
 
 import densenet
-from input_pipeline import dataset as dataset_lib
 from input_pipeline import formats
 from in_process import run_main_in_process
 from main_runs import checkpoints
 from main_runs import events
 from main_runs import variable_name
+import pipelines
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ def validation(digits_dir):
     found = formats.find_dataset(digits_dir)
     images, labels, weights = next(
         iter(
-            dataset_lib.eval_dataset(
+            pipelines.evaluate(
                 list(found.validation_files),
                 batch_size=300,
                 image_size=IMAGE_SIZE,

@@ -18,12 +18,13 @@ import tensorflow as tf
 from skimage import data as skimage_data
 
 import densenet
-from input_pipeline import dataset as dataset_lib
+from input_pipeline import formats
 from in_process import run_main_in_process
 from input_pipeline import writer
 from trainer import errors
 from trainer import export
 from trainer import predict
+import pipelines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 32
@@ -94,8 +95,8 @@ def exported(tmp_path_factory):
     )
     images, _, _ = next(
         iter(
-            dataset_lib.eval_dataset(
-                dataset_lib.list_files(str(folder / 'data'), 'validation'),
+            pipelines.evaluate(
+                formats.list_files(str(folder / 'data'), 'validation'),
                 batch_size=1,
                 image_size=IMAGE_SIZE,
                 num_classes=10,

@@ -17,10 +17,11 @@ from PIL import ImageEnhance
 from PIL import ImageOps
 
 from input_pipeline import augment
-from input_pipeline import dataset
+from input_pipeline import formats
 from input_pipeline import mixing
 from input_pipeline import randaugment
 from input_pipeline import writer
+import pipelines
 
 
 @pytest.fixture(params=['eager', 'tf.data'])
@@ -196,9 +197,9 @@ def test_train_dataset_with_every_augmentation(tmp_path, photo):
         for i in range(16)
     ]
     writer.write_tfrecords(examples, str(tmp_path), 'train', 2)
-    files = dataset.list_files(str(tmp_path), 'train')
+    files = formats.list_files(str(tmp_path), 'train')
 
-    data = dataset.train_dataset(
+    data = pipelines.train(
         files,
         batch_size=8,
         image_size=24,

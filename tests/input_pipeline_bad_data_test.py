@@ -18,8 +18,10 @@ import tensorflow as tf
 from PIL import Image
 
 from input_pipeline import dataset
+from input_pipeline import formats
 from input_pipeline import writer
 from trainer import errors
+import pipelines
 
 
 def jpeg(image: np.ndarray) -> bytes:
@@ -38,7 +40,7 @@ def patches() -> list[bytes]:
 def write(folder, split: str, images: list[bytes], shards: int) -> list[str]:
     examples = [writer.Example(encoded=image, label=1 + i % 4) for i, image in enumerate(images)]
     writer.write_tfrecords(examples, str(folder), split, shards)
-    return dataset.list_files(str(folder), split)
+    return formats.list_files(str(folder), split)
 
 
 def truncate(path: str) -> None:
@@ -55,13 +57,13 @@ def corrupt(path: str) -> None:
 def train(files, **overrides):
     arguments = dict(batch_size=4, image_size=16, num_classes=4, seed=0)
     arguments.update(overrides)
-    return dataset.train_dataset(files, **arguments)
+    return pipelines.train(files, **arguments)
 
 
 def evaluate(files, num_examples, **overrides):
     arguments = dict(batch_size=4, image_size=16, num_classes=4, num_examples=num_examples)
     arguments.update(overrides)
-    return dataset.eval_dataset(files, **arguments)
+    return pipelines.evaluate(files, **arguments)
 
 
 def one_line(error: Exception) -> str:
@@ -155,7 +157,7 @@ def test_bad_label_stops_even_when_skipping_bad_records(tmp_path, patches):
     examples = [writer.Example(encoded=image, label=1) for image in patches]
     examples[3] = writer.Example(encoded=patches[3], label=9)
     writer.write_tfrecords(examples, str(tmp_path), 'train', 1)
-    files = dataset.list_files(str(tmp_path), 'train')
+    files = formats.list_files(str(tmp_path), 'train')
     with pytest.raises(tf.errors.InvalidArgumentError) as raised:
         list(train(files, skip_bad_records=True).take(6))
     line = one_line(raised.value)

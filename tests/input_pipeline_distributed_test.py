@@ -34,6 +34,8 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, sys.argv[1])
 from input_pipeline import dataset
+from input_pipeline import formats
+import pipelines
 
 files, num_examples, per_replica = sys.argv[4:], int(sys.argv[2]), int(sys.argv[3])
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
@@ -41,7 +43,7 @@ global_batch_size = per_replica * strategy.num_replicas_in_sync
 
 
 def dataset_fn(context):
-    return dataset.eval_dataset(
+    return pipelines.evaluate(
         files,
         batch_size=context.get_per_replica_batch_size(global_batch_size),
         image_size=8,
@@ -91,7 +93,7 @@ def test_every_example_evaluated_once_on_two_replicas(tmp_path):
         patch = np.ascontiguousarray(photo[top * 8 : top * 8 + 8, left * 8 : left * 8 + 8])
         examples.append(writer.Example(encoded=tf.io.encode_jpeg(patch).numpy(), label=index + 1))
     writer.write_tfrecords(examples, str(tmp_path), 'validation', 3)
-    files = dataset.list_files(str(tmp_path), 'validation')
+    files = formats.list_files(str(tmp_path), 'validation')
 
     output = subprocess.run(
         [sys.executable, '-c', SCRIPT, ROOT, str(NUM_EXAMPLES), str(PER_REPLICA_BATCH), *files],

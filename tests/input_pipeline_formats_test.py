@@ -17,9 +17,9 @@ import tensorflow as tf
 from PIL import Image
 
 from input_pipeline import augment
-from input_pipeline import dataset
 from input_pipeline import decode
 from input_pipeline import formats
+import pipelines
 
 # Four classes, one photo each; their mean colours tell them apart after any crop.
 PHOTOS = {
@@ -168,7 +168,7 @@ def test_each_layout_is_detected_and_read(
     )
     images_, labels, weights = next(
         iter(
-            dataset.eval_dataset(
+            pipelines.evaluate(
                 list(found.validation_files), batch_size=16, num_examples=12, **arguments
             )
         )
@@ -180,7 +180,7 @@ def test_each_layout_is_detected_and_read(
         assert class_of(image, references) == label
 
     train_images, train_labels = next(
-        iter(dataset.train_dataset(list(found.train_files), batch_size=12, seed=1, **arguments))
+        iter(pipelines.train(list(found.train_files), batch_size=12, seed=1, **arguments))
     )
     assert sorted(train_labels.numpy()) == sorted(np.repeat(np.arange(4), PER_CLASS))
 
@@ -195,7 +195,7 @@ def test_layout_flag_and_label_offset_override(tmp_path, images):
     # The overriding offset is used: label 1..4 - 0 is out of range for 4 classes.
     with pytest.raises(tf.errors.InvalidArgumentError, match='label out of range'):
         list(
-            dataset.eval_dataset(
+            pipelines.evaluate(
                 list(found.validation_files),
                 batch_size=12,
                 image_size=16,
@@ -235,7 +235,7 @@ def test_missing_folder_and_split(tmp_path, images):
         formats.find_dataset(str(tmp_path / 'nowhere'))
     # A file where the folder should be is named as a file, not as missing.
     (tmp_path / 'a_file').write_bytes(b'')
-    for find in (formats.find_dataset, lambda path: dataset.list_files(path, 'train')):
+    for find in (formats.find_dataset, lambda path: formats.list_files(path, 'train')):
         with pytest.raises(ValueError) as raised:
             find(str(tmp_path / 'a_file'))
         assert str(raised.value) == (
@@ -296,14 +296,14 @@ def test_bounding_boxes_steer_the_crop_sampler(tmp_path):
         writer.write_tfrecords([example] * 16, str(tmp_path / str(index)), 'train', 1)
     brightness = []
     for index in range(2):
-        files = dataset.list_files(str(tmp_path / str(index)), 'train')
+        files = formats.list_files(str(tmp_path / str(index)), 'train')
         record = next(iter(tf.data.TFRecordDataset(files)))
         parsed = decode.parse_records(record[tf.newaxis])
         boxes = np.array(parsed['bbox'].to_list()[0], np.float32).reshape(-1, 4)
         np.testing.assert_allclose(boxes, [box] if index == 0 else np.zeros([0, 4]))
         images_, _ = next(
             iter(
-                dataset.train_dataset(
+                pipelines.train(
                     files,
                     batch_size=16,
                     image_size=8,

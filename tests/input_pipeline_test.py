@@ -22,7 +22,9 @@ from input_pipeline import augment
 from input_pipeline import dataset
 from input_pipeline import decode
 from input_pipeline import digits
+from input_pipeline import formats
 from input_pipeline import writer
+import pipelines
 
 
 def encode(image: np.ndarray, kind: str = 'JPEG', mode: str | None = None) -> bytes:
@@ -114,7 +116,7 @@ def test_round_trip_keeps_images_labels_synsets_and_text(tmp_path, photos):
     assert writer.write_tfrecords(examples, str(tmp_path), 'train', 2) == 5
 
     assert sorted(os.listdir(tmp_path)) == ['train-00000-of-00002', 'train-00001-of-00002']
-    files = dataset.list_files(str(tmp_path), 'train')
+    files = formats.list_files(str(tmp_path), 'train')
     assert dataset.count_examples(files) == 5
     parsed = read_records(files)
     assert [example['label'] for example in parsed] == [0, 1, 2, 3, 4]
@@ -132,7 +134,7 @@ def test_round_trip_keeps_images_labels_synsets_and_text(tmp_path, photos):
 def test_writer_accepts_mappings_and_fills_empty_shards(tmp_path, photos):
     examples = [{'encoded': encode(photos['coffee']), 'label': 7}]
     assert writer.write_tfrecords(iter(examples), str(tmp_path), 'validation', 3) == 1
-    files = dataset.list_files(str(tmp_path), 'validation')
+    files = formats.list_files(str(tmp_path), 'validation')
     assert [os.path.basename(name) for name in files] == writer.shard_names('validation', 3)
     assert [example['label'] for example in read_records(files)] == [6]
 
@@ -172,7 +174,7 @@ def test_write_from_folders(tmp_path, photos):
     )
 
     assert count == 5
-    parsed = read_records(dataset.list_files(output, 'train'))
+    parsed = read_records(formats.list_files(output, 'train'))
     found = sorted((e['label'], e['synset'].decode(), e['text'].decode()) for e in parsed)
     assert found == [
         (0, 'n01', 'astronaut'),
@@ -257,7 +259,7 @@ def test_label_out_of_range_names_the_file(tmp_path, photos, stored_label):
     good = writer.Example(encoded=encode(photos['chelsea'][:64, :64]), label=1)
     bad = writer.Example(encoded=good.encoded, label=stored_label)
     writer.write_tfrecords([good, good, bad, good], str(tmp_path), 'train', 1)
-    filename = dataset.list_files(str(tmp_path), 'train')[0]
+    filename = formats.list_files(str(tmp_path), 'train')[0]
     record = list(tf.data.TFRecordDataset(filename))[2]
 
     def expect_error(iterate) -> None:
@@ -278,14 +280,14 @@ def test_label_out_of_range_names_the_file(tmp_path, photos, stored_label):
     expect_error(parse_and_check)
     expect_error(
         lambda: list(
-            dataset.train_dataset(
+            pipelines.train(
                 [filename], batch_size=1, image_size=16, num_classes=1000, seed=0
             ).take(8)
         )
     )
     expect_error(
         lambda: list(
-            dataset.eval_dataset(
+            pipelines.evaluate(
                 [filename], batch_size=2, image_size=16, num_classes=1000, num_examples=4
             )
         )
@@ -414,7 +416,7 @@ def train_files(tmp_path_factory, photos) -> list[str]:
         examples.append(writer.Example(encoded=encode(patch, kind, mode), label=index + 1))
     output = str(tmp_path_factory.mktemp('train'))
     writer.write_tfrecords(examples, output, 'train', 3)
-    return dataset.list_files(output, 'train')
+    return formats.list_files(output, 'train')
 
 
 def take(data: tf.data.Dataset, count: int) -> list[tuple[np.ndarray, ...]]:
@@ -424,7 +426,7 @@ def take(data: tf.data.Dataset, count: int) -> list[tuple[np.ndarray, ...]]:
 def train_batches(files, count, **overrides):
     arguments = dict(batch_size=TRAIN_BATCH, image_size=32, num_classes=TRAIN_EXAMPLES, seed=42)
     arguments.update(overrides)
-    return take(dataset.train_dataset(files, **arguments), count)
+    return take(pipelines.train(files, **arguments), count)
 
 
 def assert_same_batches(first, second):
@@ -438,7 +440,7 @@ def test_train_dataset_batches(train_files):
     for dtype in [tf.float32, tf.bfloat16]:
         images, labels = next(
             iter(
-                dataset.train_dataset(
+                pipelines.train(
                     train_files,
                     batch_size=TRAIN_BATCH,
                     image_size=32,
@@ -535,7 +537,7 @@ def test_train_dataset_batches_per_epoch_aligns_uneven_pipelines(train_files):
         assert_same_batches(train_batches(train_files, 9, start_epoch=1, **arguments), run[7:])
         assert_same_batches(train_batches(train_files, 11, skip_batches=5, **arguments), run[5:])
     with pytest.raises(ValueError, match='skip_batches=7'):
-        dataset.train_dataset(
+        pipelines.train(
             train_files,
             batch_size=4,
             image_size=32,
@@ -560,7 +562,7 @@ def eval_files(tmp_path_factory, photos) -> list[str]:
         examples.append(writer.Example(encoded=encode(patch), label=index + 1))
     output = str(tmp_path_factory.mktemp('validation'))
     writer.write_tfrecords(examples, output, 'validation', 3)
-    return dataset.list_files(output, 'validation')
+    return formats.list_files(output, 'validation')
 
 
 @pytest.mark.parametrize('num_pipelines, num_replicas', [(None, 1), (2, 2), (1, 2)])
@@ -583,7 +585,7 @@ def test_eval_dataset_sees_every_example_once(eval_files, num_pipelines, num_rep
     labels, weights, padding = [], [], []
     for context in contexts:
         batches = take(
-            dataset.eval_dataset(
+            pipelines.evaluate(
                 eval_files,
                 batch_size=batch_size,
                 image_size=8,
@@ -609,7 +611,7 @@ def test_eval_dataset_sees_every_example_once(eval_files, num_pipelines, num_rep
 
 
 def test_eval_dataset_rejects_a_wrong_example_count(eval_files):
-    data = dataset.eval_dataset(
+    data = pipelines.evaluate(
         eval_files, batch_size=32, image_size=8, num_classes=EVAL_EXAMPLES, num_examples=1000
     )
     with pytest.raises(tf.errors.OpError, match='1000'):
@@ -618,10 +620,10 @@ def test_eval_dataset_rejects_a_wrong_example_count(eval_files):
 
 def test_list_files_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='missing'):
-        dataset.list_files(str(tmp_path / 'missing'), 'train')
+        formats.list_files(str(tmp_path / 'missing'), 'train')
     (tmp_path / 'validation-00000-of-00001').write_bytes(b'')
     with pytest.raises(FileNotFoundError, match=r'train-\*-of-\*'):
-        dataset.list_files(str(tmp_path), 'train')
+        formats.list_files(str(tmp_path), 'train')
 
 
 def test_synthetic_dataset():
@@ -640,8 +642,8 @@ def test_digits_dataset(tmp_path):
     assert digits.ensure_digits_dataset(dataset_dir) == {'train': 1497, 'validation': 300}
     assert sorted(os.listdir(tmp_path)) == ['digits']  # no staging folder left behind
 
-    train_files = dataset.list_files(dataset_dir, 'train')
-    validation_files = dataset.list_files(dataset_dir, 'validation')
+    train_files = formats.list_files(dataset_dir, 'train')
+    validation_files = formats.list_files(dataset_dir, 'validation')
     assert len(train_files) == 4 and len(validation_files) == 1
     stamps = [os.path.getmtime(name) for name in train_files + validation_files]
     assert digits.ensure_digits_dataset(dataset_dir) == {'train': 1497, 'validation': 300}

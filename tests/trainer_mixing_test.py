@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 
 import densenet
-from input_pipeline import dataset as dataset_lib
 from in_process import run_main_in_process
 from main_runs import checkpoints
 from trainer import checkpoint as checkpoint_lib
 from trainer import step as step_lib
+import pipelines
 
 _DEMO = ['--flagfile=demo.cfg', '--prepare_digits_demo=false']
 _STEPS = 20
@@ -34,7 +34,7 @@ def _validation_loss(digits_dir, prefix):
     model = densenet.create_model('densenet_bc_22_12', num_classes=10, image_size=32)
     checkpoint_lib.restore_weights(model, prefix)
     files = sorted(tf.io.gfile.glob(os.path.join(digits_dir, 'validation-*')))
-    batches = dataset_lib.eval_dataset(
+    batches = pipelines.evaluate(
         files, batch_size=100, image_size=32, num_classes=10, num_examples=300, crop_fraction=1.0
     )
     total = count = 0.0

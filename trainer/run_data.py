@@ -11,6 +11,7 @@ import tensorflow as tf
 from input_pipeline import data_service
 from input_pipeline import dataset as dataset_lib
 from input_pipeline import formats
+from input_pipeline import preprocessing
 from trainer import errors
 from trainer.config import RunConfig
 
@@ -50,7 +51,7 @@ class RunData:
         self.global_batch_size = config.batch_size * strategy.num_replicas_in_sync
         self.dtype = tf.bfloat16 if config.precision == 'bfloat16' else tf.float32
         # Mixup and CutMix turn labels into float32 [batch, num_classes] rows.
-        self.soft_labels = config.mixup_alpha > 0 or config.cutmix_alpha > 0
+        self.soft_labels = preprocessing.Augmentation.from_settings(config).mixes
         # Replaced by what the records say; synthetic data reads none.
         self.schema = formats.SLIM_SCHEMA
         self.label_offset = 1 if config.label_offset is None else config.label_offset
@@ -83,6 +84,35 @@ class RunData:
         self.service_workers = 0
         if config.data_service_address and not config.only_eval:
             self.service_workers = data_service.count_workers(config.data_service_address)
+
+    @property
+    def records(self) -> preprocessing.Records:
+        """How the records of both splits are read (the keys and offset found on disk)."""
+        return preprocessing.Records(
+            num_classes=self.config.num_classes,
+            label_offset=self.label_offset,
+            schema=self.schema,
+            skip_bad_records=self.config.skip_bad_records,
+        )
+
+    @property
+    def train_preprocessing(self) -> preprocessing.TrainPreprocessing:
+        """What a training record becomes: the config's augmentation, at its image size."""
+        return preprocessing.TrainPreprocessing(
+            self.records,
+            image_size=self.config.image_size,
+            augmentation=preprocessing.Augmentation.from_settings(self.config),
+            dtype=self.dtype,
+        )
+
+    @property
+    def eval_preprocessing(self) -> preprocessing.EvalPreprocessing:
+        return preprocessing.EvalPreprocessing(
+            self.records,
+            image_size=self.config.image_size,
+            crop_fraction=self.config.eval_crop_fraction,
+            dtype=self.dtype,
+        )
 
     @property
     def description(self) -> str:
@@ -149,28 +179,14 @@ class RunData:
             batches_per_epoch = self.steps_per_epoch * per_pipeline
             dataset = dataset_lib.train_dataset(
                 self.train_files,
+                self.train_preprocessing,
                 batch_size=batch,
-                image_size=config.image_size,
-                num_classes=config.num_classes,
                 seed=config.seed,
                 start_epoch=epoch,
                 skip_batches=step_in_epoch * per_pipeline,
                 batches_per_epoch=batches_per_epoch,
-                label_offset=self.label_offset,
-                crop_area_range=config.crop_area_range,
-                crop_aspect_range=config.crop_aspect_range,
-                random_flip=config.random_flip,
-                dtype=self.dtype,
                 shuffle_buffer=config.shuffle_buffer,
                 input_context=context,
-                schema=self.schema,
-                color_jitter=config.color_jitter,
-                pca_lighting=config.pca_lighting,
-                randaugment_layers=config.randaugment_layers,
-                randaugment_magnitude=config.randaugment_magnitude,
-                mixup_alpha=config.mixup_alpha,
-                cutmix_alpha=config.cutmix_alpha,
-                skip_bad_records=config.skip_bad_records,
                 for_data_service=served,
             )
             if not served:
@@ -187,21 +203,13 @@ class RunData:
         return dataset_fn
 
     def eval_dataset(self) -> tf.distribute.DistributedDataset:
-        config = self.config
-
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
             return dataset_lib.eval_dataset(
                 self.eval_files,
+                self.eval_preprocessing,
                 batch_size=context.get_per_replica_batch_size(self.global_batch_size),
-                image_size=config.image_size,
-                num_classes=config.num_classes,
                 num_examples=self.num_eval,
-                label_offset=self.label_offset,
-                crop_fraction=config.eval_crop_fraction,
-                dtype=self.dtype,
                 input_context=context,
-                schema=self.schema,
-                skip_bad_records=config.skip_bad_records,
             )
 
         return self.strategy.distribute_datasets_from_function(dataset_fn)
