@@ -6,16 +6,16 @@ These train-time pipelines run side by side, on the same ImageNet-sized JPEGs an
 same crop-window distribution:
 
 - ours: `input_pipeline.dataset.train_dataset` exactly as the trainer builds it, from
-  TFRecord shards (held in the page cache): parse, check, Inception crop, flip,
-  normalise, batch, in the compute dtype;
+  TFRecord shards (held in the page cache): parse, check, Inception crop, flip, batch,
+  as uint8 pixels (the train step normalises them: see `step_normalize_us_per_image`);
 - naive: the textbook tf.data pipeline, a parallel map of full `decode_jpeg`, then
   crop and bilinear resize, then batch (default tf.data settings), from JPEG bytes in
-  memory; its images are float32, as the resize returns them. `naive_cast` casts them
-  to our output dtype (bfloat16 by default), which spares it half the bytes to batch:
+  memory; its images are float32, as the resize returns them. `naive_cast` rounds
+  them to uint8 as ours does, which spares it three quarters of the bytes to batch:
   the like-for-like comparison;
 - limit: `decode_and_crop_jpeg` of the crop window, bilinear resize to the output
-  size, cast to the output dtype, and nothing else, from JPEG bytes in memory: the
-  least work that gives a train batch of the right shape and dtype from these
+  size, rounded to uint8 (ours' output), and nothing else, from JPEG bytes in memory:
+  the least work that gives a train batch of the right shape and dtype from these
   windows, so the honest bound for ours (`vs_limit`, target at least 0.9);
 - floor: `decode_and_crop_jpeg` of crop windows and nothing else, from JPEG bytes in
   memory: the bare cost of decoding the pixels a crop needs. It skips the resize that
@@ -45,13 +45,23 @@ Each repeat times every pipeline in turn (interleaved, so that load from other
 processes falls on all of them alike), each on a fresh iterator past its start-up
 batches, alone in the process; the figures are medians over repeats. CPU time per
 image (all threads of this process) is printed too: it is the steadier figure on a
-shared machine. The evaluation pipeline (`eval_dataset`: central crop, resize,
-normalise, pad) is timed the same way.
+shared machine. The evaluation pipeline (`eval_dataset`: central crop, resize, pad,
+as uint8) is timed the same way, against its own limit, `eval_limit`: the central
+window's fused decode, the resize and the rounding, from JPEG bytes in memory
+(`eval_vs_limit`, target at least 0.9).
+
+Normalisation moved from the host to the train step (`trainer/step.model_input`),
+where an accelerator does it for free. Here, honestly accounted, the step's added
+cost on this CPU is timed too: `step_normalize_us_per_image`, the CPU time per image
+of `model_input` on a uint8 batch (bfloat16 out by default), and
+`vs_limit_with_step_on_cpu`, ours' rate had the host's cores also paid for it.
+
 The last line is `RESULT {json}`: `vs_naive` (ours over naive, target at least 1.5),
 `vs_limit` (ours over limit, target at least 0.9), and `images_per_second_per_core`:
 ours divided by the cores this process may run on (`os.sched_getaffinity`, which
 honours taskset and cgroup cpusets, unlike `os.cpu_count`), the figure to multiply by a
-host's cores when sizing it for an accelerator.
+host's cores when sizing it for an accelerator (`limit_images_per_second_per_core` is
+the limit's).
 """
 
 from __future__ import annotations
@@ -85,7 +95,9 @@ from input_pipeline import writer  # noqa: E402
 
 flags.DEFINE_integer('image_size', 224, 'Output side in pixels.')
 flags.DEFINE_integer('batch_size', 64, 'Images per batch.')
-flags.DEFINE_bool('bfloat16', True, 'bf16 output (the trainer default), else float32.')
+flags.DEFINE_bool(
+    'bfloat16', True, 'bf16 model input from the step (the trainer default), else float32.'
+)
 flags.DEFINE_integer('num_images', 256, 'Distinct JPEGs, cached in memory.')
 flags.DEFINE_integer('repeats', 7, 'Timed rounds; each times every pipeline once.')
 flags.DEFINE_integer('batches_per_repeat', 16, 'Batches timed per pipeline and round.')
@@ -150,18 +162,18 @@ def crop_windows(jpegs: list[bytes], rounds: int, seed: int) -> np.ndarray:
     return np.array(windows, np.int32)
 
 
-def naive_pipeline(jpegs, windows, image_size, batch_size, dtype=None) -> tf.data.Dataset:
+def naive_pipeline(jpegs, windows, image_size, batch_size, rounded=False) -> tf.data.Dataset:
     """Full decode, then crop and resize: the pipeline most tutorials write.
 
-    Its images are float32, as `tf.image.resize` returns them; with `dtype`, they are
-    cast to it (the same output as ours, without normalisation or flips).
+    Its images are float32, as `tf.image.resize` returns them; `rounded`, they are
+    rounded to uint8 (the same output as ours, without flips).
     """
 
     def preprocess(encoded, window):
         image = tf.io.decode_jpeg(encoded, channels=3)
         image = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
         image = tf.image.resize(image, [image_size, image_size])
-        return image if dtype is None else tf.cast(image, dtype)
+        return augment.to_uint8(image) if rounded else image
 
     source = tf.data.Dataset.from_tensor_slices(
         (tf.constant(jpegs * _rounds(windows, jpegs)), windows)
@@ -184,23 +196,63 @@ def floor_pipeline(jpegs, windows, batch_size) -> tf.data.Dataset:
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def limit_pipeline(jpegs, windows, image_size, batch_size, dtype) -> tf.data.Dataset:
-    """Fused decode-crop, bilinear resize, cast: the least a train pipeline must do.
+def limit_pipeline(jpegs, windows, image_size, batch_size) -> tf.data.Dataset:
+    """Fused decode-crop, bilinear resize, rounding: the least a train pipeline must do.
 
-    The same windows as naive and floor. Without normalisation, flips, TFRecords or
-    shuffling, which ours adds, so ours can only come near it.
+    The same windows as naive and floor, and ours' output (uint8). Without flips,
+    window sampling, TFRecords or shuffling, which ours adds, so ours can only come
+    near it.
     """
 
     def preprocess(encoded, window):
         image = tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
         image = tf.image.resize(image, [image_size, image_size], method='bilinear')
-        return tf.cast(image, dtype)
+        return augment.to_uint8(image)
 
     source = tf.data.Dataset.from_tensor_slices(
         (tf.constant(jpegs * _rounds(windows, jpegs)), windows)
     )
     data = source.repeat().map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_limit_pipeline(jpegs, image_size, batch_size) -> tf.data.Dataset:
+    """The central window's fused decode, the resize and the rounding: eval's limit."""
+
+    def preprocess(encoded):
+        window = augment.central_crop_window(
+            tf.io.extract_jpeg_shape(encoded), augment.CENTER_CROP_FRACTION
+        )
+        image = tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
+        image = tf.image.resize(image, [image_size, image_size], method='bilinear')
+        return augment.to_uint8(image)
+
+    data = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat()
+    data = data.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def step_normalize_us(image_size: int, batch_size: int, dtype, repeats: int) -> float:
+    """CPU microseconds per image of the train step's `model_input` on a uint8 batch."""
+    from trainer import step as step_lib  # noqa: PLC0415
+
+    images = tf.cast(
+        tf.random.stateless_uniform(
+            [batch_size, image_size, image_size, 3], [0, 0], 0, 256, dtype=tf.int32
+        ),
+        tf.uint8,
+    )
+    normalise = tf.function(
+        lambda pixels: tf.reduce_sum(tf.cast(step_lib.model_input(pixels, dtype), tf.float32))
+    )
+    normalise(images)
+    times = []
+    for _ in range(repeats):
+        used = time.process_time()
+        for _ in range(8):
+            normalise(images)
+        times.append((time.process_time() - used) / (8 * batch_size) * 1e6)
+    return statistics.median(times)
 
 
 def model_garden_pipeline(files, image_size, batch_size, dtype) -> tf.data.Dataset | None:
@@ -267,7 +319,7 @@ def kernel_pipeline(jpegs, image_size, batch_size, dtype, seed) -> tf.data.Datas
             flip=augment.flip_decision(flip_seed),
             jpeg_only=True,
         )
-        return augment.normalize(image, dtype)
+        return image
 
     source = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat().enumerate()
     data = source.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
@@ -316,7 +368,7 @@ def main(argv):
         pipelines = {
             'ours': dataset.train_dataset(
                 files,
-                preprocessing.TrainPreprocessing(records, image_size=image_size, dtype=dtype),
+                preprocessing.TrainPreprocessing(records, image_size=image_size),
                 batch_size=batch_size,
                 seed=FLAGS.seed,
                 # As the trainer sets it; the epoch re-reads the files, as an epoch of a
@@ -325,16 +377,17 @@ def main(argv):
             ),
             'kernel': kernel_pipeline(jpegs, image_size, batch_size, dtype, FLAGS.seed),
             'naive': naive_pipeline(jpegs, windows, image_size, batch_size),
-            'naive_cast': naive_pipeline(jpegs, windows, image_size, batch_size, dtype),
-            'limit': limit_pipeline(jpegs, windows, image_size, batch_size, dtype),
+            'naive_cast': naive_pipeline(jpegs, windows, image_size, batch_size, rounded=True),
+            'limit': limit_pipeline(jpegs, windows, image_size, batch_size),
             'floor': floor_pipeline(jpegs, windows, batch_size),
             'eval': dataset.eval_dataset(
                 # The same shards eight times over: long passes, few restarts.
                 files * 8,
-                preprocessing.EvalPreprocessing(records, image_size=image_size, dtype=dtype),
+                preprocessing.EvalPreprocessing(records, image_size=image_size),
                 batch_size=batch_size,
                 num_examples=8 * len(jpegs),
             ).repeat(),
+            'eval_limit': eval_limit_pipeline(jpegs, image_size, batch_size),
         }
         model_garden = model_garden_pipeline(files, image_size, batch_size, dtype)
         if model_garden is not None:
@@ -368,13 +421,23 @@ def main(argv):
             f'{median_cpu[name]:6.0f} CPU us per image'
         )
     cores = usable_cores()
+    step_us = step_normalize_us(image_size, batch_size, dtype, FLAGS.repeats)
+    print(f'train step normalisation (model_input, {dtype.name}): {step_us:.0f} CPU us per image')
+    # Ours' rate had the same cores also normalised each image: the time per image
+    # across the cores grows by the step's CPU time shared over them.
+    with_step = 1 / (1 / median['ours'] + step_us * 1e-6 / cores)
     result = {
         'train_images_per_s': round(median['ours'], 1),
         'images_per_second_per_core': round(median['ours'] / cores, 1),
         'vs_naive': round(median['ours'] / median['naive'], 3),
         'vs_limit': round(median['ours'] / median['limit'], 3),
         'vs_floor': round(median['ours'] / median['floor'], 3),
+        'limit_images_per_second_per_core': round(median['limit'] / cores, 1),
         'eval_images_per_s': round(median['eval'], 1),
+        'eval_limit_images_per_s': round(median['eval_limit'], 1),
+        'eval_vs_limit': round(median['eval'] / median['eval_limit'], 3),
+        'step_normalize_us_per_image': round(step_us, 1),
+        'vs_limit_with_step_on_cpu': round(with_step / median['limit'], 3),
         'kernel_images_per_s': round(median['kernel'], 1),
         'kernel_vs_naive': round(median['kernel'] / median['naive'], 3),
         'kernel_vs_floor': round(median['kernel'] / median['floor'], 3),

@@ -10,12 +10,14 @@ besides as they can (measured with `bench/input_pipeline.py`):
 
 - only the crop window is decoded (`decode_and_crop_jpeg`): libjpeg skips the inverse
   DCT and the colour conversion of everything outside it;
-- no control flow per image: tf.data runs each branch of a `tf.cond` as a function
-  call of its own, which cost more per image than a whole bilinear resize. PNGs and
-  other non-JPEGs are re-encoded as JPEGs (`decode.as_jpeg`) instead of branching, a
-  flip reverses no axis or the width axis, and a missing box is sliced, not branched;
-- flips are applied to the uint8 window before the resize, a quarter of the bytes of
-  the float image after it;
+- the output is uint8, rounded after the resize: a quarter of the bytes of float32 to
+  batch and ship, and normalisation (`normalize`) runs in the train step, on the
+  accelerator, where it is free (as DALI's GPU pipelines do);
+- the flip is a `tf.cond` around a static reverse of that uint8 output: only flipped
+  images pay for it. A `tf.reverse` with a tensor-valued axis (no control flow, the
+  way it was done before) cost every image, flipped or not; `bench/flip.py` measures both;
+- PNGs and other non-JPEGs are re-encoded as JPEGs (`decode.as_jpeg`) instead of
+  branching, and a missing box is sliced, not branched;
 - normalisation multiplies and adds full-size constants: TensorFlow's per-channel
   broadcasting of a `[3]` vector over an image ran slower than plain element-wise
   arithmetic.
@@ -157,13 +159,6 @@ def random_crop_window(
     return tf.where(failed, central_crop_window(shape, CENTER_CROP_FRACTION), sampled)
 
 
-def _flip_axes(flip: tf.Tensor | None) -> tf.Tensor:
-    """`[1]` to reverse the width axis when `flip`, else `[]` (reverse nothing, no copy)."""
-    if flip is None:
-        return tf.zeros([0], tf.int32)
-    return tf.range(1, 1 + tf.cast(flip, tf.int32))
-
-
 def decode_window(
     encoded: tf.Tensor,
     window_fn: Callable[[tf.Tensor], tf.Tensor],
@@ -190,17 +185,17 @@ def decode_window(
       jpeg_only: the bytes are known to be a JPEG (see `decode.as_jpeg_batch`).
 
     Returns:
-      float32 `[image_size, image_size, 3]` with values in 0..255.
+      uint8 `[image_size, image_size, 3]`.
     """
     jpeg = encoded if jpeg_only else decode.as_jpeg(encoded)
     window = window_fn(tf.io.extract_jpeg_shape(jpeg))
     image = tf.io.decode_and_crop_jpeg(jpeg, window, channels=3)
-    # Flipping the uint8 window before the resize moves a fraction of the bytes that
-    # flipping the float output would; bilinear resizing commutes with the flip.
-    image = tf.reverse(image, _flip_axes(flip))
     # Bilinear without antialiasing keeps values within 0..255; it reads the uint8
     # pixels directly, so no float copy of the window is made.
-    image = tf.image.resize(image, [image_size, image_size], method='bilinear')
+    image = to_uint8(tf.image.resize(image, [image_size, image_size], method='bilinear'))
+    if flip is not None:
+        # After the resize, which commutes with the flip: the fewest bytes to move.
+        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
@@ -234,7 +229,7 @@ def decode_and_random_crop(
       jpeg_only: the bytes are known to be a JPEG (see `decode.as_jpeg_batch`).
 
     Returns:
-      float32 `[image_size, image_size, 3]` with values in 0..255.
+      uint8 `[image_size, image_size, 3]`.
     """
 
     def window_fn(shape: tf.Tensor) -> tf.Tensor:
@@ -271,7 +266,7 @@ def decode_and_center_crop(
       jpeg_only: the bytes are known to be a JPEG (see `decode.as_jpeg_batch`).
 
     Returns:
-      float32 `[image_size, image_size, 3]` with values in 0..255.
+      uint8 `[image_size, image_size, 3]`.
     """
     return decode_window(
         encoded,
@@ -300,8 +295,10 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tenso
 
     Each factor is `1 + U(-strength, strength)`: brightness blends with black,
     contrast with the image's mean gray, saturation with its grayscale. fb.resnet.torch
-    uses 0.4 for all three, and does not clip; neither do we (the values are
-    normalised right after).
+    uses 0.4 for all three, and does not clip; neither does this kernel, but the
+    pipeline rounds and clips its output to uint8 once, after every pixel step
+    (`preprocessing.TrainPreprocessing.example`), as PIL-based jitter (torchvision,
+    timm) clips.
 
     Args:
       image: float32 `[H, W, 3]`, values in 0..255.

@@ -63,8 +63,8 @@ from trainer import errors
 _PROBE_SECONDS = 60.0
 
 # The most rounds one worker's batches may run ahead of another's in the reorder stage
-# (each held batch is a whole training batch: 77 MB at ImageNet's 256 x 224 x 224 in
-# bfloat16). The service's coordinated rounds keep the workers within a round or two of
+# (each held batch is a whole training batch: 39 MB at ImageNet's 256 x 224 x 224 in
+# uint8). The service's coordinated rounds keep the workers within a round or two of
 # each other; more means the service has stopped reading some worker (it died).
 _MAX_ROUNDS_AHEAD = 8
 # What the reorder stage's check says; `Watchdog` turns it into one line naming the worker.

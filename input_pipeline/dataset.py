@@ -427,7 +427,6 @@ def synthetic_dataset(
     batch_size: int,
     image_size: int,
     num_classes: int,
-    dtype: tf.DType = tf.float32,
     soft_labels: bool = False,
 ) -> tf.data.Dataset:
     """Repeats one random batch forever, to measure the model without the input cost.
@@ -436,17 +435,19 @@ def synthetic_dataset(
       batch_size: examples per batch.
       image_size: side of the square images.
       num_classes: labels are drawn from `[0, num_classes)`.
-      dtype: dtype of the images.
       soft_labels: labels as float32 one-hot rows, the shape mixup and CutMix give.
 
     Returns:
-      An endless dataset of `(images [batch_size, image_size, image_size, 3] dtype,
-      labels int32 [batch_size] or float32 [batch_size, num_classes])`.
+      An endless dataset of `(images uint8 [batch_size, image_size, image_size, 3],
+      labels int32 [batch_size] or float32 [batch_size, num_classes])`, as the real
+      pipelines give them.
     """
-    images = tf.random.stateless_normal([batch_size, image_size, image_size, 3], seed=[0, 0])
+    images = tf.random.stateless_uniform(
+        [batch_size, image_size, image_size, 3], seed=[0, 0], minval=0, maxval=256, dtype=tf.int32
+    )
     labels = tf.random.stateless_uniform(
         [batch_size], seed=[0, 1], minval=0, maxval=num_classes, dtype=tf.int32
     )
     if soft_labels:
         labels = tf.one_hot(labels, num_classes, dtype=tf.float32)
-    return tf.data.Dataset.from_tensors((tf.cast(images, dtype), labels)).repeat()
+    return tf.data.Dataset.from_tensors((tf.cast(images, tf.uint8), labels)).repeat()

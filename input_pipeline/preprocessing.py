@@ -10,6 +10,10 @@ record becomes, in three units the pipeline maps in turn:
 - `finish_batch`: per batch of images: the label check that must follow any
   skipping, and mixup or CutMix.
 
+Images leave the host as uint8 pixels, a quarter of float32's bytes; the train and
+eval steps normalise them (`augment.normalize`) on the accelerator, and the exported
+signatures do the same inside.
+
 The same objects serve the local pipeline and the tf.data service's workers
 (`data_service.worker_batches`), so the two cannot drift apart, and each unit can be
 called on its own (tests/preprocessing_test.py).
@@ -35,6 +39,30 @@ from input_pipeline import randaugment
 from input_pipeline import seeds as seeds_lib
 
 
+# The version of what records become. A run resumed by code of another version goes on
+# with this code's batches and says so in one line (`version_change`); checkpoints
+# record the version they were made with (trainer/checkpoint.py), those without it
+# being version 1.
+#   1: normalised float images in the compute dtype, flipped before the resize.
+#   2: uint8 images, rounded after the resize and flipped after it; colour jitter and
+#      lighting clipped to 0..255, mixed images rounded; normalised in the step.
+VERSION = 2
+_VERSIONS = {
+    1: 'normalised float images, flipped before the resize',
+    2: 'uint8 images rounded after the resize, normalised in the step',
+}
+
+
+def version_change(stored: int, checkpoint: str) -> str:
+    """The line a run resumed across an input version change logs."""
+    return (
+        f'the training input changed since {checkpoint} was written: it was made with input '
+        f'version {stored} ({_VERSIONS.get(stored, "unknown")}), this code makes version '
+        f'{VERSION} ({_VERSIONS[VERSION]}); the run goes on with version {VERSION}\'s '
+        'batches, so it will not end bit-identical to the run the earlier code would have made'
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """The training augmentations, one field each (the defaults: Inception crop and flip).
@@ -43,9 +71,10 @@ class Augmentation:
     with its help text and checks there; `from_settings` reads them all at once.
     """
 
-    # Inception crop (Szegedy et al. 2015): area and width/height ranges.
+    # Inception crop (Szegedy et al. 2015): area and width/height ranges, as the flags'
+    # defaults write them (tests/preprocessing_test.py holds the two equal).
     crop_area_range: tuple[float, float] = (0.08, 1.0)
-    crop_aspect_range: tuple[float, float] = (0.75, 4 / 3)
+    crop_aspect_range: tuple[float, float] = (0.75, 1.3333333)
     random_flip: bool = True
     # > 0: random brightness, contrast and saturation of this strength (fb.resnet.torch: 0.4).
     color_jitter: float = 0.0
@@ -140,8 +169,6 @@ class TrainPreprocessing:
     records: Records
     image_size: int
     augmentation: Augmentation = Augmentation()
-    # The images' dtype (the model's compute dtype).
-    dtype: tf.DType = tf.float32
 
     def prepare_batch(
         self,
@@ -169,7 +196,11 @@ class TrainPreprocessing:
         )
 
     def example(self, encoded: tf.Tensor, bbox: tf.Tensor, seeds: tf.Tensor, origin: tuple):
-        """One augmented image: the flipped Inception crop, then each pixel step in turn."""
+        """One augmented uint8 image: the flipped Inception crop, then each pixel step in turn.
+
+        A pixel step takes and returns uint8 or float32 pixels in 0..255; the float ones
+        are rounded and clipped once, at the end.
+        """
         settings = self.augmentation
         image = augment.decode_and_random_crop(
             self.records.jpeg(encoded, origin[2]),
@@ -183,15 +214,13 @@ class TrainPreprocessing:
         )
         for step in _PIXEL_STEPS:
             image = step(self, image, seeds)
-        # Mixing is done in float32 on whole batches; the cast to `dtype` follows it.
-        dtype = tf.float32 if settings.mixes else self.dtype
-        return augment.normalize(image, dtype), origin
+        return augment.to_uint8(image) if image.dtype != tf.uint8 else image, origin
 
     def randaugment(self, image: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
         if not self.augmentation.randaugment_layers:
             return image
         return randaugment.randaugment(
-            augment.to_uint8(image),
+            image,
             seeds[seeds_lib.RANDAUGMENT],
             num_layers=self.augmentation.randaugment_layers,
             magnitude=self.augmentation.randaugment_magnitude,
@@ -216,9 +245,12 @@ class TrainPreprocessing:
     ) -> tuple[tf.Tensor, tf.Tensor]:
         """The batch's label check (after any skipping: a bad label always stops), and mixing.
 
+        Mixed images are rounded to uint8 again, as timm's fast mixing collator does:
+        at most half a pixel value off, far below what mixup changes.
+
         Returns:
-          `(images, labels)`: labels int32 `[B]`, or float32 `[B, num_classes]` when
-          mixing.
+          `(images, labels)`: images uint8; labels int32 `[B]`, or float32 `[B,
+          num_classes]` when mixing.
         """
         labels, stored_labels, filenames, _ = origin
         labels = self.records.check_labels(labels, stored_labels, filenames)
@@ -226,14 +258,14 @@ class TrainPreprocessing:
         if not settings.mixes:
             return images, labels
         images, labels = mixing.mix_batch(
-            images,
+            tf.cast(images, tf.float32),
             labels,
             seeds_lib.batch_seed(mixing_key, batch_index),
             num_classes=self.records.num_classes,
             mixup_alpha=settings.mixup_alpha,
             cutmix_alpha=settings.cutmix_alpha,
         )
-        return tf.cast(images, self.dtype), labels
+        return augment.to_uint8(images), labels
 
 
 # The pixel augmentations, in the order they apply after the crop.
@@ -252,7 +284,6 @@ class EvalPreprocessing:
     image_size: int
     # Side of the central crop as a fraction of the image's shorter side (224/256).
     crop_fraction: float = augment.CENTER_CROP_FRACTION
-    dtype: tf.DType = tf.float32
 
     def prepare_batch(self, serialized: tf.Tensor, filenames: tf.Tensor):
         """Parses and checks a batch of records: `(encoded, labels, filenames)`."""
@@ -260,15 +291,14 @@ class EvalPreprocessing:
         return parsed['encoded'], parsed['label'], filenames
 
     def example(self, encoded: tf.Tensor, filename: tf.Tensor) -> tf.Tensor:
-        """One image's central crop at `image_size`, normalised."""
-        image = augment.decode_and_center_crop(
+        """One image's central crop at `image_size`, uint8."""
+        return augment.decode_and_center_crop(
             self.records.jpeg(encoded, filename),
             image_size=self.image_size,
             crop_fraction=self.crop_fraction,
             jpeg_only=True,
         )
-        return augment.normalize(image, self.dtype)
 
     def blank(self) -> tf.Tensor:
         """The image that stands in for an undecodable one or pads the last batch."""
-        return tf.zeros([self.image_size, self.image_size, 3], self.dtype)
+        return tf.zeros([self.image_size, self.image_size, 3], tf.uint8)

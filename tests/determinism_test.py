@@ -176,6 +176,8 @@ def test_killed_in_checkpoint_write_and_resumed_equals_uninterrupted(flags, digi
     result = run_main([*common, f'--model_dir={killed_dir}'])
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'Resumed from' in result.stderr
+    # The same input version wrote and resumed it: no input-change line.
+    assert 'training input changed' not in result.stderr, result.stderr[-3000:]
     result = straight_run.result()
     assert result.returncode == 0, result.stderr[-3000:]
 

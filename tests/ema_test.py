@@ -30,6 +30,7 @@ from main_runs import checkpoints
 from main_runs import events
 from main_runs import variable_name
 import pipelines
+from trainer import step as step_lib
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +129,8 @@ def validation(digits_dir):
         )
     )
     assert float(tf.reduce_sum(weights)) == 300  # No padding in the batch.
-    return images, labels.numpy()
+    # As the eval step feeds the model (and the export's serving_images takes them).
+    return step_lib.model_input(images, tf.float32), labels.numpy()
 
 
 def _evaluate(model, validation):

@@ -24,6 +24,7 @@ from input_pipeline import writer
 from trainer import errors
 from trainer import export
 from trainer import predict
+from trainer import step as step_lib
 import pipelines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,6 +106,8 @@ def exported(tmp_path_factory):
             )
         )
     )
+    # As the eval step feeds the model (and the export's serving_images takes them).
+    images = step_lib.model_input(images, tf.float32)
     np.save(folder / 'images.npy', images.numpy())
     probabilities = tf.nn.softmax(model(images, training=False)).numpy()[0]
     return {

@@ -133,7 +133,8 @@ def folder_bytes(folder):
 
 
 def checkpoint_values(prefix):
-    """Every training value in a checkpoint (not the save counter, which counts saves).
+    """Every training value in a checkpoint (not the save counter, which counts saves,
+    nor the input version it records).
 
     `prefix` may also be a run folder: its newest checkpoint.
     """
@@ -143,7 +144,7 @@ def checkpoint_values(prefix):
     return {
         name: reader.get_tensor(name)
         for name in reader.get_variable_to_shape_map()
-        if not name.startswith(('save_counter', '_CHECKPOINTABLE_OBJECT_GRAPH'))
+        if not name.startswith(('save_counter', 'input_version', '_CHECKPOINTABLE_OBJECT_GRAPH'))
     }
 
 

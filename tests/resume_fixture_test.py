@@ -5,10 +5,17 @@ controller): commit `OLD_CODE`. This test takes it from the repository's history
 (`git archive`), lets it run `tests/fixtures/write_resume_fixture.py` on the shared
 data in `tests/fixtures/resume/data` (its checkpoint at step 15 of 30, and what the same
 run wrote when not interrupted: its checkpoint at step 30 and its evaluations), then
-resumes its step-15 run folder with this code, its flags.cfg as the flagfile. The run
-must end where the old code ended: every checkpointed value bit-identical, the same
-evaluations, an export at the epoch end. This is the promise a user relies on when
-upgrading in the middle of a run.
+resumes its step-15 run folder with this code, its flags.cfg as the flagfile. This is
+what a user does when upgrading in the middle of a run, and what they are promised:
+
+- until the training input's bits changed (issue 22: uint8 images rounded after the
+  resize, `input_pipeline/preprocessing.VERSION` 2), the run ended where the old code
+  ended, every checkpointed value bit-identical;
+- since, the run resumes exactly (the same checkpoint, step, evaluations and export
+  cadence) and says in one line that its input changed, so that it cannot silently
+  become another run: the line is checked here, and so is that the values did change
+  (the line is true), and that the new checkpoints record the new version (so that a
+  further resume says nothing).
 
 Why the old code runs here rather than ship its output: its output held only on CPUs
 like the one that wrote it. Both runs are made under `trainer/cpu_isa.PORTABLE_ENV`
@@ -31,8 +38,10 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from main_runs import ROOT, checkpoint_values, checkpoints, run_main
 
+from input_pipeline import preprocessing
 from trainer import config as config_lib
 from trainer import cpu_isa
 
@@ -72,7 +81,9 @@ def written(tmp_path_factory):
 
 
 @pytest.mark.stack
-def test_a_run_checkpointed_by_the_earlier_code_resumes_bit_identical(tmp_path, written):
+def test_a_run_checkpointed_by_the_earlier_code_resumes_and_says_its_input_changed(
+    tmp_path, written
+):
     run = tmp_path / 'run'
     shutil.copytree(os.path.join(written, 'run'), run)
     flagfile = run / 'flags.cfg'
@@ -84,6 +95,13 @@ def test_a_run_checkpointed_by_the_earlier_code_resumes_bit_identical(tmp_path, 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r'Resumed from \S*ckpt-15', result.stderr), result.stderr[-3000:]
+    changed = [line for line in result.stderr.splitlines() if 'training input changed' in line]
+    assert len(changed) == 1, result.stderr[-3000:]
+    assert re.search(
+        r'since \S*ckpt-15 was written: it was made with input version 1 .* this code makes '
+        rf'version {preprocessing.VERSION} ',
+        changed[0],
+    ), changed[0]
 
     saved = checkpoints(str(run))
     assert {20, 25, 30} <= set(saved), saved
@@ -92,13 +110,19 @@ def test_a_run_checkpointed_by_the_earlier_code_resumes_bit_identical(tmp_path, 
     assert ours.keys() == theirs.keys(), sorted(set(ours) ^ set(theirs))[:5]
     assert len(ours) > 50
     differing = [name for name in sorted(ours) if not np.array_equal(ours[name], theirs[name])]
-    assert not differing, f'{len(differing)} of {len(ours)} values differ: {differing[:5]}'
+    assert differing, 'the input changed, yet every value is what the old code made'
+    reader = tf.train.load_checkpoint(saved[30])
+    assert reader.get_tensor('input_version/.ATTRIBUTES/VARIABLE_VALUE') == preprocessing.VERSION
 
     def rows(path):
         with open(path) as stream:
             return [json.loads(line) for line in stream]
 
-    assert rows(run / 'eval_results.jsonl') == rows(
+    # The same evaluations, at the same steps, of as many examples.
+    def cadence(path):
+        return [(row.get('step'), row.get('num_examples')) for row in rows(path)]
+
+    assert cadence(run / 'eval_results.jsonl') == cadence(
         os.path.join(written, 'reference', 'eval_results.jsonl')
     )
     assert (run / 'saves' / 'epoch_001' / 'saved_model.pb').exists()

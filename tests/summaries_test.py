@@ -29,7 +29,6 @@ import tensorflow as tf
 
 import densenet
 from in_process import run_main_in_process
-from input_pipeline import augment
 from main_runs import checkpoints
 from main_runs import events
 from main_runs import variable_name
@@ -450,8 +449,8 @@ def test_input_wait_counts_the_time_blocked_on_the_pipeline():
 
 
 def test_image_grid_tiles_and_denormalises():
-    pixels = np.arange(5 * 4 * 4 * 3, dtype=np.float32).reshape([5, 4, 4, 3]) % 256
-    grid = summaries.image_grid(augment.normalize(pixels)).numpy()
+    pixels = (np.arange(5 * 4 * 4 * 3).reshape([5, 4, 4, 3]) % 256).astype(np.uint8)
+    grid = summaries.image_grid(pixels).numpy()
     # 5 images -> 3 columns, 2 rows of 5x5 tiles (a 1-pixel white line above and left
     # of each), and the closing line at the right and bottom.
     assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3)

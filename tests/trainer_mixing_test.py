@@ -39,7 +39,7 @@ def _validation_loss(digits_dir, prefix):
     )
     total = count = 0.0
     for images, labels, weights in batches:
-        logits = model(images, training=True)
+        logits = model(step_lib.model_input(images, tf.float32), training=True)
         total += float(tf.reduce_sum(step_lib.cross_entropy_loss(labels, logits) * weights))
         count += float(tf.reduce_sum(weights))
     assert count == 300

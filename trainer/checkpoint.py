@@ -120,6 +120,9 @@ class CheckpointState:
       worker_id: names the private folder of a worker that is not the chief.
       before_save: called before each save; raises to stop the save (the run folder's
         lock check, `trainer/run_lock.py`).
+      input_version: the version of the training input (`input_pipeline/preprocessing.py`)
+        to record in every checkpoint; after `restore_latest`, `stored_input_version` is
+        the restored checkpoint's (1 for checkpoints that predate the record).
       **extra: further trackables to save and restore with the model, such as a loss
         scaler or EMA weights (anything `tf.train.Checkpoint` accepts). Their float
         variables are checked for NaN and infinity before every save, like the model's.
@@ -135,9 +138,18 @@ class CheckpointState:
         chief: bool = True,
         worker_id: int = 0,
         before_save: Optional[Callable[[], None]] = None,
+        input_version: Optional[int] = None,
         **extra,
     ):
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra)
+        # Saved with every checkpoint, read back apart from the object graph: checkpoints
+        # written before it existed lack it (`stored_input_version`).
+        recorded = {}
+        if input_version is not None:
+            recorded['input_version'] = tf.Variable(
+                input_version, dtype=tf.int64, trainable=False, name='input_version'
+            )
+        self.stored_input_version: Optional[int] = None
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, **extra, **recorded)
         # Restoring reads the model's weights by name (`weights_by_name`) and the rest,
         # which holds no layers, through the object graph.
         self._model = model
@@ -236,6 +248,9 @@ class CheckpointState:
         stored = weights_by_name.read_checkpoint(prefix)
         self._rest.restore(prefix).expect_partial().assert_existing_objects_matched()
         weights_by_name.assign(self._model, stored, prefix)
+        reader = tf.train.load_checkpoint(prefix)
+        key = 'input_version/.ATTRIBUTES/VARIABLE_VALUE'
+        self.stored_input_version = int(reader.get_tensor(key)) if reader.has_tensor(key) else 1
 
     def _remove_unfinished(self) -> None:
         """Removes the `ckpt-N_temp` folders of saves a kill or a full disk cut short.

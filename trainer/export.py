@@ -168,7 +168,8 @@ class _Serving(tf.Module):
             """Decoded RGB pixels of any size -> predictions, preprocessed as in evaluation.
 
             The same window (`augment.central_crop_window`), the same bilinear resize of
-            uint8 pixels and the same normalisation as `augment.decode_window`, which
+            uint8 pixels, rounded to uint8, and the same normalisation as the evaluation
+            (`augment.decode_window`, then the eval step's `augment.normalize`), which
             decodes only the window of a JPEG. Sliced from a whole decoded JPEG, the
             window's pixels equal that partial decode's except, at times, in its first
             and last columns (libjpeg's chroma upsampling at a crop edge), which a
@@ -181,7 +182,7 @@ class _Serving(tf.Module):
                 :, window[0] : window[0] + window[2], window[1] : window[1] + window[3], :
             ]
             resized = tf.image.resize(cropped, [image_size, image_size], method='bilinear')
-            return predictions(augment.normalize(resized, tf.float32))
+            return predictions(augment.normalize(augment.to_uint8(resized), tf.float32))
 
         @tf.function(
             input_signature=[

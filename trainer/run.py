@@ -21,6 +21,7 @@ import tensorflow as tf
 
 import densenet
 from input_pipeline import data_service
+from input_pipeline import preprocessing
 from trainer import actions
 from trainer import banner
 from trainer import checkpoint as checkpoint_lib
@@ -167,9 +168,15 @@ def build_train_state(
         chief=distribute.is_chief(strategy),
         worker_id=distribute.worker_id(strategy),
         before_save=folder_lock.check if folder_lock else None,
+        input_version=preprocessing.VERSION,
         **extra_state,
     )
-    if not checkpoint.restore_latest() and config.init_checkpoint:
+    resumed = checkpoint.restore_latest()
+    if resumed and checkpoint.stored_input_version != preprocessing.VERSION:
+        logging.warning(
+            '%s', preprocessing.version_change(checkpoint.stored_input_version, resumed)
+        )
+    if not resumed and config.init_checkpoint:
         loaded = checkpoint_lib.load_initial_weights(model, config.init_checkpoint)
         logging.info(
             'Initialised the weights from %s (fine-tuning: the optimizer and step start afresh)',

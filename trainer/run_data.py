@@ -49,7 +49,6 @@ class RunData:
         self.config = config
         self.strategy = strategy
         self.global_batch_size = config.batch_size * strategy.num_replicas_in_sync
-        self.dtype = tf.bfloat16 if config.precision == 'bfloat16' else tf.float32
         # Mixup and CutMix turn labels into float32 [batch, num_classes] rows.
         self.soft_labels = preprocessing.Augmentation.from_settings(config).mixes
         # Replaced by what the records say; synthetic data reads none.
@@ -102,7 +101,6 @@ class RunData:
             self.records,
             image_size=self.config.image_size,
             augmentation=preprocessing.Augmentation.from_settings(self.config),
-            dtype=self.dtype,
         )
 
     @property
@@ -111,7 +109,6 @@ class RunData:
             self.records,
             image_size=self.config.image_size,
             crop_fraction=self.config.eval_crop_fraction,
-            dtype=self.dtype,
         )
 
     @property
@@ -172,7 +169,6 @@ class RunData:
                     batch_size=batch,
                     image_size=config.image_size,
                     num_classes=config.num_classes,
-                    dtype=self.dtype,
                     soft_labels=self.soft_labels,
                 )
             per_pipeline = self._replicas_per_pipeline(context)

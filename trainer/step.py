@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 import densenet
+from input_pipeline import augment
 from trainer import precision
 
 
@@ -213,7 +214,10 @@ class TrainStep:
         """Scaled gradients and metric sums of one (micro-)batch."""
         with tf.GradientTape() as tape:
             # Logits in float32 whatever the compute dtype: softmax in bf16 loses the tail.
-            logits = tf.cast(self.model(images, training=True), tf.float32)
+            logits = tf.cast(
+                self.model(model_input(images, self.model.compute_dtype), training=True),
+                tf.float32,
+            )
             per_example = cross_entropy_loss(labels, logits, self.label_smoothing)
             cross_entropy = tf.reduce_sum(per_example)
             # The optimizer sums gradients over replicas, so dividing the per-example sum
@@ -266,6 +270,20 @@ class TrainStep:
         return gradients, metrics
 
 
+def model_input(images: tf.Tensor, dtype) -> tf.Tensor:
+    """The model's input: the pipeline's uint8 pixels normalised, in `dtype`.
+
+    The host ships uint8 (a quarter of float32's bytes) and the normalisation runs
+    here, on the accelerator, inside the compiled step (`input_pipeline/preprocessing.py`).
+    Float inputs are taken as already prepared and passed on as they are (a model fed
+    by a pipeline of its own, or features that are not pixels); the choice is made
+    from the static dtype, when the step is traced.
+    """
+    if images.dtype != tf.uint8:
+        return images
+    return augment.normalize(images, dtype)
+
+
 def eval_step(
     predict_fn, images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor
 ) -> Dict[str, tf.Tensor]:
@@ -276,7 +294,7 @@ def eval_step(
         signature, so checkpoints and exports are evaluated by the same code.
     """
     labels = tf.cast(labels, tf.int32)
-    logits = tf.cast(predict_fn(images), tf.float32)
+    logits = tf.cast(predict_fn(model_input(images, tf.float32)), tf.float32)
     per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
     return {
         'cross_entropy': tf.reduce_sum(per_example * weights),

@@ -68,7 +68,7 @@ class SummaryWriters:
         writer.flush()
 
     def image_grid(self, step: int, images: tf.Tensor, *, name: str = 'training_images') -> None:
-        """Writes normalised images (see `augment.normalize`) as one grid image.
+        """Writes uint8 images (the input pipeline's) as one grid image.
 
         One grid, rather than `max_outputs` separate images, shows a batch at a glance.
         """
@@ -188,19 +188,16 @@ def global_norm(variables: Iterable[tf.Variable]) -> float:
 
 
 def image_grid(images: tf.Tensor, columns: int = 0) -> tf.Tensor:
-    """Tiles normalised images `[N, H, W, 3]` into one denormalised `[H', W', 3]` grid.
+    """Tiles images `[N, H, W, 3]` into one `[H', W', 3]` grid.
 
     Args:
-      images: the output of `augment.normalize` (any float dtype).
+      images: uint8 pixels, as the input pipeline gives them.
       columns: images per row; 0 for a square-ish grid.
 
     Returns:
       A float32 image with values in [0, 1], 1-pixel white lines between the tiles.
     """
-    images = tf.cast(images, tf.float32)
-    mean = tf.constant(augment.IMAGENET_MEAN, tf.float32)
-    std = tf.constant(augment.IMAGENET_STD, tf.float32)
-    images = tf.clip_by_value(images * std + mean, 0.0, 1.0)
+    images = tf.cast(images, tf.float32) / 255.0
     count = int(images.shape[0])
     columns = columns or int(math.ceil(math.sqrt(count)))
     rows = -(-count // columns)
