@@ -1,4 +1,4 @@
-"""Where and how to flip the train crop: CPU time per image of four ways, on the same crops.
+"""Where and how to flip the train crop: CPU time per image of five ways, on the same crops.
 
   python bench/flip.py [--repeats=15]
 
@@ -12,9 +12,11 @@ The train kernel (window sampling, fused decode-and-crop, bilinear resize) with:
 - cond_output: `tf.cond` around a static reverse of the uint8 output, after the resize
   and the rounding (bilinear resizing commutes with the flip, so the images are those
   of cond_window up to float rounding in the resize weights, well under one pixel value
-  before rounding).
+  before rounding);
+- gather_output: no control flow: the output's columns gathered in reversed or in
+  their own order (`tf.gather` with indices picked by `tf.where`), one pass either way.
 
-All four end in uint8, the pipeline's output, on the same JPEGs (bench/input_pipeline.py's
+All five end in uint8, the pipeline's output, on the same JPEGs (bench/input_pipeline.py's
 ImageNet-sized photos) and the same seeds. The rounds are interleaved and the figures are
 medians over repeats; CPU time (all threads of this process) per image is the steadier
 figure on a shared machine. The last line is `RESULT {json}`.
@@ -75,6 +77,9 @@ def variant(how: str, image_size: int):
         image = augment.to_uint8(tf.image.resize(image, [image_size, image_size]))
         if how == 'cond_output':
             image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+        elif how == 'gather_output':
+            columns = tf.range(image_size)
+            image = tf.gather(image, tf.where(flip, image_size - 1 - columns, columns), axis=1)
         return image
 
     return preprocess
@@ -84,7 +89,7 @@ def main():
     FLAGS = _arguments()  # noqa: N806
     jpegs = _photos_module().make_jpegs(256, 0)
     source = tf.data.Dataset.from_tensor_slices(tf.constant(jpegs)).repeat().enumerate()
-    names = ('none', 'axis_tensor', 'cond_window', 'cond_output')
+    names = ('none', 'axis_tensor', 'cond_window', 'cond_output', 'gather_output')
     pipelines = {
         name: source.map(variant(name, FLAGS.image_size), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(FLAGS.batch_size)
