@@ -262,7 +262,8 @@ if memory:
 if pipeline:
     result['input_pipeline'] = {key: pipeline.get(key) for key in (
         'train_images_per_s', 'images_per_second_per_core', 'usable_cores', 'vs_naive',
-        'vs_limit', 'batch_size', 'image_size', 'dtype')}
+        'vs_limit', 'limit_images_per_second_per_core', 'eval_images_per_s', 'eval_vs_limit',
+        'step_normalize_us_per_image', 'batch_size', 'image_size', 'dtype')}
     print(f"| input pipeline, {pipeline['usable_cores']} host cores | "
           f"{pipeline['train_images_per_s']:.0f} images/s, "
           f"{pipeline['images_per_second_per_core']:.0f} per core |")
