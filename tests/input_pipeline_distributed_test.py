@@ -19,7 +19,7 @@ import pytest
 import skimage.data
 import tensorflow as tf
 
-from input_pipeline import dataset
+from input_pipeline import formats
 from input_pipeline import writer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,8 +34,7 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, sys.argv[1])
 from input_pipeline import dataset
-from input_pipeline import formats
-import pipelines
+from input_pipeline import preprocessing
 
 files, num_examples, per_replica = sys.argv[4:], int(sys.argv[2]), int(sys.argv[3])
 strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
@@ -43,11 +42,10 @@ global_batch_size = per_replica * strategy.num_replicas_in_sync
 
 
 def dataset_fn(context):
-    return pipelines.evaluate(
+    return dataset.eval_dataset(
         files,
+        preprocessing.EvalPreprocessing(preprocessing.Records(num_classes=num_examples), 8),
         batch_size=context.get_per_replica_batch_size(global_batch_size),
-        image_size=8,
-        num_classes=num_examples,
         num_examples=num_examples,
         input_context=context,
     )
