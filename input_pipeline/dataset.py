@@ -10,8 +10,10 @@ pipelines and padded with zero-weight examples so that every replica runs the sa
 number of full batches (a replica that runs out early would hang the others in their
 collective ops).
 
-Both graphs parse and check records a batch at a time, then decode and augment them
-one at a time: what can be vectorised (parsing, checks, seeds) costs one op per batch.
+This module decides which records make each batch and in which order; what a record
+becomes is `preprocessing.py`'s (`TrainPreprocessing`, `EvalPreprocessing`): parsed and
+checked a batch at a time (one op per batch for what can be vectorised: parsing,
+checks, seeds), decoded and augmented one at a time, handed out as uint8 pixels.
 
 Bad data stops a run with the file named (`records.py` for damaged TFRecord files,
 `decode.check_image` and `decode.check_labels` for records, `decode.check_jpeg` just
