@@ -282,7 +282,11 @@ def test_main_survives_lost_workers_and_resumes_bit_identical_to_local(digits_di
     assert any('(2 workers)' in line for line in run.lines), run.tail()
     assert _last_line(run).startswith(f'main.py: error: tf.data service worker {killed_worker} ')
     assert 'restart the dispatcher and every worker' in _last_line(run), run.tail()
-    assert seconds < 30, run.tail()
+    # The stop comes once the surviving worker is `_MAX_ROUNDS_AHEAD` rounds ahead, after
+    # the batches already delivered are trained on: bounded in steps (below), while its
+    # seconds follow the machine's load (34 s once on a loaded CI machine). The seconds
+    # bound only tells a stop from the old hang, which never ended.
+    assert seconds < 120, run.tail()
     first_stop = max(checkpoints(served_dir))
     assert 6 <= first_stop < 40 and f'ckpt-{first_stop}' in _last_line(run), run.tail()
 

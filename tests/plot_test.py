@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -27,7 +28,13 @@ def _write_run(model_dir, *, with_epoch_scalar=True, resumed=False):
                 tf.summary.scalar('epoch', step / STEPS_PER_EPOCH, step=step)
     writer.close()
     if resumed:
-        # A restart from the checkpoint at step 20 logs steps 25 and 30 again.
+        # A restart from the checkpoint at step 20 logs steps 25 and 30 again. Its event
+        # file must sort after the first, as a restart's does: the name starts with the
+        # second it was opened, then the process's writer count, which sorts as text
+        # ('10' before '9'), so two writers opened in one second could swap.
+        opened = int(time.time())
+        while int(time.time()) == opened:
+            time.sleep(0.05)
         writer = tf.summary.create_file_writer(os.path.join(model_dir, 'logs', 'train'))
         with writer.as_default():
             for step in (25, 30):
