@@ -161,9 +161,11 @@ def _synthetic(dataset_lib, dtype, image_size: int, batch_size: int, for_fit: bo
     )
     if not for_fit:
         return data
-    from input_pipeline import augment  # pylint: disable=g-import-not-at-top
+    from trainer import step as step_lib  # pylint: disable=g-import-not-at-top
 
-    normalised = data.take(1).map(lambda images, labels: (augment.normalize(images, dtype), labels))
+    normalised = data.take(1).map(
+        lambda images, labels: (step_lib.model_input(images, dtype), labels)
+    )
     return normalised.cache().repeat()
 
 

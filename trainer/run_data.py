@@ -50,7 +50,8 @@ class RunData:
         self.strategy = strategy
         self.global_batch_size = config.batch_size * strategy.num_replicas_in_sync
         # Mixup and CutMix turn labels into float32 [batch, num_classes] rows.
-        self.soft_labels = preprocessing.Augmentation.from_settings(config).mixes
+        self.augmentation = preprocessing.Augmentation.from_settings(config)
+        self.soft_labels = self.augmentation.mixes
         # Replaced by what the records say; synthetic data reads none.
         self.schema = formats.SLIM_SCHEMA
         self.label_offset = 1 if config.label_offset is None else config.label_offset
@@ -100,7 +101,7 @@ class RunData:
         return preprocessing.TrainPreprocessing(
             self.records,
             image_size=self.config.image_size,
-            augmentation=preprocessing.Augmentation.from_settings(self.config),
+            augmentation=self.augmentation,
         )
 
     @property
