@@ -197,11 +197,22 @@ def _cifar_features(
     return x
 
 
+def check_image_size(name: str, image_size: int) -> None:
+    """Raises UserError when model `name` cannot take `image_size`-pixel images.
+
+    The ImageNet models halve the image five times (total stride 32), DenseNet-BC
+    twice (stride 4): a smaller image leaves nothing to pool.
+    """
+    min_size = 4 if name not in IMAGENET_VARIANTS and _parse_bc(name) else 32
+    if image_size < min_size:
+        raise errors.UserError(f'{name} needs image_size >= {min_size}, got {image_size}.')
+
+
 def create_model(
     name: str,
     *,
     num_classes: int = 1000,
-    image_size: int = 224,
+    image_size: Optional[int] = 224,
     dropout_rate: float = 0.0,
     precision: str = 'float32',
     batch_norm_momentum: float = 0.99,
@@ -213,7 +224,10 @@ def create_model(
       name: one of `MODEL_NAMES`, or 'densenet_bc_{depth}_{growth}'.
       num_classes: width of the logits.
       image_size: height and width of the square input images. At least 32 for
-        the ImageNet models (total stride 32), at least 4 for DenseNet-BC.
+        the ImageNet models (total stride 32), at least 4 for DenseNet-BC. None: any
+        size (the network is convolutional up to a global pooling), for runs that
+        train at several sizes or evaluate at another (`trainer/image_sizes.py`);
+        each size a `tf.function` meets is traced once.
       dropout_rate: if > 0, dropout after every convolution but the first, as in
         the paper (which used 0.2 on CIFAR without augmentation and none on
         ImageNet). 0 adds no Dropout layers at all.
@@ -244,9 +258,8 @@ def create_model(
     bc = None if name in IMAGENET_VARIANTS else _parse_bc(name)
     if name not in IMAGENET_VARIANTS and bc is None:
         raise _unknown_name_error(name)
-    min_size = 32 if bc is None else 4
-    if image_size < min_size:
-        raise errors.UserError(f'{name} needs image_size >= {min_size}, got {image_size}.')
+    if image_size is not None:
+        check_image_size(name, image_size)
 
     # Passed to every layer rather than set globally, so building a model never
     # changes the policy of layers other code creates.

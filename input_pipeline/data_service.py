@@ -431,6 +431,11 @@ class Watchdog:
         )
 
     # -- the main thread's side
+    def restarted(self, step: int) -> None:
+        """Follows the stream that the trainer just started at `step` (the newest)."""
+        self.streams = _PROGRESS[-1:]
+        self.start_step = step
+
     def guard(self, train_fn):
         """`train_fn` that the watchdog watches while it runs; a lost worker's stop of
         the stream becomes one line."""
@@ -601,12 +606,27 @@ class Watchdog:
         os._exit(status)
 
 
+class _Unwatched:
+    """`watched`'s answer for a run that decodes its own input: nothing to watch."""
+
+    @staticmethod
+    def guard(train_fn):
+        return train_fn
+
+    def restarted(self, step: int) -> None:
+        del step
+
+
 @contextlib.contextmanager
 def watched(state, timeout: float):
-    """`guard(train_fn)` for a run's training loop: the `Watchdog` when the run reads from
-    the tf.data service, else `train_fn` itself. `state` is `trainer/run.py`'s TrainState."""
+    """The `Watchdog` of a run's training loop when it reads from the tf.data service.
+
+    Yields an object with `guard(train_fn)` (the loop, watched) and `restarted(step)`
+    (the loop reads a new stream from `step`: progressive resizing starts one at each
+    size). Without the service, neither does anything. `state` is `trainer/run.py`'s
+    TrainState."""
     if not state.data.service_workers:
-        yield lambda train_fn: train_fn
+        yield _Unwatched()
         return
     import tensorflow as tf
 

@@ -175,7 +175,7 @@ def test_the_demo_logs_sample_has_the_shape_the_trainer_prints_today(digits_dir)
     lines = banner.banner_lines(
         model=config.model,
         num_classes=config.num_classes,
-        image_size=config.image_size,
+        image_sizes=data.image_sizes.describe(config.epochs),
         precision=config.precision,
         strategy=strategy,
         global_batch_size=data.global_batch_size,

@@ -77,7 +77,9 @@ class LogTrainScalars(Action):
       writers: `summaries.SummaryWriters`.
       train_console: `console.TrainConsole`.
       extra_scalars: `extra_scalars(step) -> {'learning_rate', 'weight_norm',
-        'loss_scale'}`: what the run's state says at the end of the interval.
+        'loss_scale'}`, and optionally `image_size` (the interval's last step's training
+        image side, written as it is): what the run's state says at the end of the
+        interval.
       steps_per_epoch: for the `epoch` scalar.
     """
 
@@ -110,13 +112,18 @@ class LogTrainScalars(Action):
         self.window_seconds += output.seconds
         if not self.cadence.due(output.step):
             return
+        extra = dict(self.extra_scalars(output.step))
+        # Not a figure of the interval's sums: written as the run's state gives it.
+        image_size = extra.pop('image_size', None)
         values = summaries.train_scalars(
             self.window,
             steps=self.window_steps,
             seconds=self.window_seconds,
             epoch=output.step / self.steps_per_epoch,
-            **self.extra_scalars(output.step),
+            **extra,
         )
+        if image_size is not None:
+            values['image_size'] = image_size
         self.writers.scalars('train', output.step, values)
         logging.info('%s', self.train_console.line(output.step, values))
         self._reset()

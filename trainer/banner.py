@@ -34,7 +34,7 @@ def banner_lines(
     *,
     model: str,
     num_classes: int,
-    image_size: int,
+    image_sizes: str,
     precision: str,
     strategy: tf.distribute.Strategy,
     global_batch_size: int,
@@ -49,7 +49,8 @@ def banner_lines(
     Args:
       model: the model's name.
       num_classes: width of the classifier.
-      image_size: input side in pixels.
+      image_sizes: the training and evaluation image sizes in words
+        (`image_sizes.ImageSizes.describe`).
       precision: the compute dtype, e.g. 'bfloat16'.
       strategy: the run's strategy.
       global_batch_size: examples per step over all replicas.
@@ -63,8 +64,8 @@ def banner_lines(
     # Outside any scope, get_strategy() is the default strategy: no distribution at all.
     name = 'default' if strategy is tf.distribute.get_strategy() else type(strategy).__name__
     return [
-        f'Model: {model}, {num_classes} classes, {image_size}x{image_size} images, '
-        f'{precision} compute',
+        f'Model: {model}, {num_classes} classes, {precision} compute',
+        f'Images: {image_sizes}',
         f'TensorFlow {tf.__version__}, Keras {keras.__version__}',
         f'Devices: {device_summary()}',
         f'Strategy: {name}, {replicas} replica{"s" * (replicas != 1)}, '

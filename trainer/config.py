@@ -17,6 +17,7 @@ from typing import Optional, Sequence, Tuple
 from input_pipeline import data_service
 from trainer import errors
 from trainer import gaudi
+from trainer import image_sizes
 
 # The values a choice flag accepts. The modules that implement them raise on any
 # other (trainer/optimizers.py, schedules.py, precision.py, distribute.py,
@@ -70,7 +71,30 @@ class RunConfig:
         'densenet121, -169, -201, -161, -264, or densenet_bc_DEPTH_GROWTH for small images.',
     )
     num_classes: int = _option(1000, 'Number of classes.')
-    image_size: int = _option(224, 'Input side in pixels.')
+    image_size: int = _option(
+        224, 'Input side in pixels (with --min_image_size: the final training size).'
+    )
+    min_image_size: int = _option(
+        0,
+        'Progressive resizing (FFCV): train at this size up to --resize_start_epoch, at '
+        '--image_size from --resize_end_epoch on, linearly in steps of --image_size_step '
+        'between; the batch size stays. 0: every epoch at --image_size.',
+    )
+    resize_start_epoch: int = _option(
+        0, 'With --min_image_size: the last epoch (from 0) at the smallest size.'
+    )
+    resize_end_epoch: int = _option(
+        0, 'With --min_image_size: the first epoch (from 0) at --image_size.'
+    )
+    image_size_step: int = _option(
+        32,
+        'With --min_image_size: every size is a multiple of this (each size is one traced shape).',
+    )
+    eval_image_size: int = _option(
+        0,
+        'Evaluation and export size, e.g. 1.15-1.3x the training size (FixRes; the central '
+        'crop keeps --eval_crop_fraction); 0: --image_size.',
+    )
     dropout_rate: float = _option(
         0.0,
         'Dropout after each conv in dense blocks (paper: 0.2 without augmentation; 0 for '
@@ -466,6 +490,7 @@ def _check_values(config: RunConfig) -> None:
         raise ConfigError(
             f'--freeze_backbone_epochs must be 0 or more, not {config.freeze_backbone_epochs}'
         )
+    image_sizes.check(config, ConfigError)
     if config.data_service_address:
         _check_data_service(config)
     _check_training(config)

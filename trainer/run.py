@@ -34,6 +34,7 @@ from trainer import errors
 from trainer import evaluation
 from trainer import export
 from trainer import finetune
+from trainer import image_sizes
 from trainer import loop
 from trainer import nonfinite
 from trainer import optimizers
@@ -82,10 +83,15 @@ def _create_strategy(config: RunConfig) -> tf.distribute.Strategy:
 
 
 def build_model(config: RunConfig) -> keras.Model:
+    """The config's model; one that meets several image sizes takes any size."""
+    sizes = image_sizes.ImageSizes.from_settings(config)
+    for size in sizes.all_sizes():
+        densenet.check_image_size(config.model, size)
+    several = sizes.progressive or sizes.eval != sizes.final
     return densenet.create_model(
         config.model,
         num_classes=config.num_classes,
-        image_size=config.image_size,
+        image_size=None if several else config.image_size,
         dropout_rate=config.dropout_rate,
         precision=config.precision,
         batch_norm_momentum=config.batch_norm_momentum,
@@ -259,8 +265,9 @@ def _actions(state: TrainState, writers, evaluate, profiler, watcher, chief: boo
 
     def extra_scalars(step: int) -> Dict[str, float]:
         return dict(
-            # The s-th update used the schedule's rate at s - 1.
+            # The s-th update used the schedule's rate at s - 1, and its epoch's size.
             learning_rate=float(state.schedule(step - 1)),
+            image_size=float(data.image_sizes.train((step - 1) // steps_per_epoch)),
             weight_norm=summaries.global_norm(state.model.trainable_variables),
             loss_scale=float(state.loss_scaler.scale.numpy()),
         )
@@ -292,7 +299,9 @@ def _actions(state: TrainState, writers, evaluate, profiler, watcher, chief: boo
             at_last_step=config.export_last_step,
             weight_average=state.weight_average,
             export_kwargs=dict(
-                image_size=config.image_size, crop_fraction=config.eval_crop_fraction, chief=chief
+                image_size=data.image_sizes.eval,
+                crop_fraction=config.eval_crop_fraction,
+                chief=chief,
             ),
             class_names=class_names,
         ),
@@ -303,6 +312,34 @@ def _actions(state: TrainState, writers, evaluate, profiler, watcher, chief: boo
         actions.StopOnSignal(watcher),
         actions.StartProfiler(profiler),
     ]
+
+
+class _TraceCounter:
+    """Calls the train loop, and logs each time TensorFlow traced it anew.
+
+    The loop is traced once per input shape: once per image size of the run (and
+    again after fine-tuning unfreezes the backbone, a new step). The log line is
+    the count a user can check against the banner's number of traced shapes.
+    """
+
+    def __init__(self):
+        self.loop, self.seen = None, 0
+
+    def counted(self, train_loop, image_size: int, *args):
+        totals = train_loop(*args)
+        if train_loop is not self.loop:
+            self.loop, self.seen = train_loop, 0
+        traced = train_loop.experimental_get_tracing_count()
+        if traced > self.seen:
+            self.seen = traced
+            logging.info(
+                'Traced the train loop for %dx%d images (%d trace%s of this step)',
+                image_size,
+                image_size,
+                traced,
+                's' * (traced != 1),
+            )
+        return totals
 
 
 def train(
@@ -329,7 +366,7 @@ def train(
         for line in banner.banner_lines(
             model=config.model,
             num_classes=config.num_classes,
-            image_size=config.image_size,
+            image_sizes=state.data.image_sizes.describe(config.epochs),
             precision=config.precision,
             strategy=state.strategy,
             global_batch_size=state.data.global_batch_size,
@@ -372,6 +409,7 @@ def train(
             )
 
         train_loop = make_train_loop()
+        traces = _TraceCounter()
 
         def unfreeze():
             nonlocal train_loop
@@ -384,19 +422,37 @@ def train(
             )
 
         iterator = iter(state.data.train(state.step))
+        image_size = state.data.image_sizes.train(state.step // state.data.steps_per_epoch)
+
+        def resize(step: int):
+            nonlocal iterator, image_size
+            # The stream from `step` on, as a run resumed there builds it: the same batches.
+            iterator = iter(state.data.train(step))
+            image_size = state.data.image_sizes.train(step // state.data.steps_per_epoch)
+            logging.info(
+                'Step %d: training images are %dx%d from here', step, image_size, image_size
+            )
+            watch.restarted(step)
+
         profiler = profiling.StepProfiler(
             config.profile_steps, os.path.join(config.model_dir, 'logs', 'train'), enabled=chief
         )
         # With the tf.data service: a lost worker ends the run in one line, and a signal
         # while the loop waits for its batches still checkpoints (input_pipeline/data_service.py).
-        with data_service.watched(state, config.data_service_timeout) as guard:
+        with data_service.watched(state, config.data_service_timeout) as watch:
             controller = Controller(
-                guard(lambda num_steps: train_loop(iterator, tf.constant(num_steps))),
+                watch.guard(
+                    lambda num_steps: traces.counted(
+                        train_loop, image_size, iterator, tf.constant(num_steps)
+                    )
+                ),
                 steps_per_loop=config.steps_per_loop,
                 last_step=state.total_steps,
                 actions=[
                     finetune.UnfreezeBackbone(state.frozen_until, unfreeze),
                     *_actions(state, writers, evaluate, profiler, watcher, chief),
+                    # After the epoch's evaluation and checkpoint: the next epoch's input.
+                    image_sizes.ResizeImages(state.data.size_change_after, resize),
                 ],
             )
             step = controller.run(state.step)
@@ -427,10 +483,11 @@ def evaluate(config: RunConfig) -> Dict[str, float]:
         # A SavedModel's variables live on one device: evaluate it without distribution.
         strategy = tf.distribute.get_strategy()
         predict, image_size = export.load_predict_fn(path)
-        if image_size is not None and image_size != config.image_size:
+        eval_size = image_sizes.ImageSizes.from_settings(config).eval
+        if image_size is not None and image_size != eval_size:
+            flag = '--eval_image_size' if config.eval_image_size else '--image_size'
             raise errors.UserError(
-                f'--only_eval={path} takes {image_size}x{image_size} images but '
-                f'--image_size={config.image_size}'
+                f'--only_eval={path} takes {image_size}x{image_size} images but {flag}={eval_size}'
             )
         step = None
     else:

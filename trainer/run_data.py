@@ -6,6 +6,8 @@ the examples, and builds the per-replica training and evaluation datasets
 training split of speed runs.
 """
 
+from typing import Optional
+
 import tensorflow as tf
 
 from input_pipeline import data_service
@@ -13,6 +15,7 @@ from input_pipeline import dataset as dataset_lib
 from input_pipeline import formats
 from input_pipeline import preprocessing
 from trainer import errors
+from trainer import image_sizes
 from trainer.config import RunConfig
 
 # ILSVRC2012's training split: the epoch of synthetic-data runs, and the known size
@@ -52,6 +55,7 @@ class RunData:
         # Mixup and CutMix turn labels into float32 [batch, num_classes] rows.
         self.augmentation = preprocessing.Augmentation.from_settings(config)
         self.soft_labels = self.augmentation.mixes
+        self.image_sizes = image_sizes.ImageSizes.from_settings(config)
         # Replaced by what the records say; synthetic data reads none.
         self.schema = formats.SLIM_SCHEMA
         self.label_offset = 1 if config.label_offset is None else config.label_offset
@@ -95,12 +99,11 @@ class RunData:
             skip_bad_records=self.config.skip_bad_records,
         )
 
-    @property
-    def train_preprocessing(self) -> preprocessing.TrainPreprocessing:
-        """What a training record becomes: the config's augmentation, at its image size."""
+    def train_preprocessing(self, epoch: int) -> preprocessing.TrainPreprocessing:
+        """What a training record of epoch `epoch` becomes: the augmentation, at its size."""
         return preprocessing.TrainPreprocessing(
             self.records,
-            image_size=self.config.image_size,
+            image_size=self.image_sizes.train(epoch),
             augmentation=self.augmentation,
         )
 
@@ -108,7 +111,7 @@ class RunData:
     def eval_preprocessing(self) -> preprocessing.EvalPreprocessing:
         return preprocessing.EvalPreprocessing(
             self.records,
-            image_size=self.config.image_size,
+            image_size=self.image_sizes.eval,
             crop_fraction=self.config.eval_crop_fraction,
         )
 
@@ -134,9 +137,20 @@ class RunData:
         return context.num_replicas_in_sync // context.num_input_pipelines
 
     def train(self, step: int) -> tf.distribute.DistributedDataset:
-        """The training stream from global step `step` on, distributed over replicas."""
+        """The training stream from global step `step` on, distributed over replicas.
+
+        With progressive resizing it ends where the image size next changes
+        (`size_change_after(step)`): the trainer starts the stream anew there, at the
+        new size, as a run resumed at that step would. A stream read past its end stops
+        the run with OutOfRangeError rather than training on at the old size.
+        """
         dataset_fn = self.train_dataset_fn(step, served=bool(self.service_workers))
         return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def size_change_after(self, step: int) -> Optional[int]:
+        """The first global step after `step` whose epoch trains at another image size."""
+        epoch = self.image_sizes.next_change(step // self.steps_per_epoch)
+        return None if epoch is None else epoch * self.steps_per_epoch
 
     def preview_images(self, count: int) -> tf.Tensor:
         """The first `count` images of the first replica's first training batch.
@@ -160,23 +174,29 @@ class RunData:
         """
         config = self.config
         epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+        image_size = self.image_sizes.train(epoch)
+        change = self.size_change_after(step)
         # One job per input pipeline, named anew for every start of the stream.
         job_prefix = data_service.new_job_prefix() if served else None
 
+        def until_change(dataset: tf.data.Dataset, per_pipeline: int) -> tf.data.Dataset:
+            return dataset if change is None else dataset.take((change - step) * per_pipeline)
+
         def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
             batch = context.get_per_replica_batch_size(self.global_batch_size)
+            per_pipeline = self._replicas_per_pipeline(context)
             if config.synthetic_data:
-                return dataset_lib.synthetic_dataset(
+                dataset = dataset_lib.synthetic_dataset(
                     batch_size=batch,
-                    image_size=config.image_size,
+                    image_size=image_size,
                     num_classes=config.num_classes,
                     soft_labels=self.soft_labels,
                 )
-            per_pipeline = self._replicas_per_pipeline(context)
+                return until_change(dataset, per_pipeline)
             batches_per_epoch = self.steps_per_epoch * per_pipeline
             dataset = dataset_lib.train_dataset(
                 self.train_files,
-                self.train_preprocessing,
+                self.train_preprocessing(epoch),
                 batch_size=batch,
                 seed=config.seed,
                 start_epoch=epoch,
@@ -186,16 +206,16 @@ class RunData:
                 input_context=context,
                 for_data_service=served,
             )
-            if not served:
-                return dataset
-            return data_service.read(
-                dataset,
-                config.data_service_address,
-                num_workers=self.service_workers,
-                first_position=epoch * batches_per_epoch + step_in_epoch * per_pipeline,
-                job_prefix=job_prefix,
-                pipeline=context.input_pipeline_id,
-            )
+            if served:
+                dataset = data_service.read(
+                    dataset,
+                    config.data_service_address,
+                    num_workers=self.service_workers,
+                    first_position=epoch * batches_per_epoch + step_in_epoch * per_pipeline,
+                    job_prefix=job_prefix,
+                    pipeline=context.input_pipeline_id,
+                )
+            return until_change(dataset, per_pipeline)
 
         return dataset_fn
 
