@@ -17,6 +17,12 @@
 #   4. train: a TRAIN_STEPS-step run of main.py on synthetic data that must lower the
 #      loss and write a checkpoint, then a second run to RESUME_STEPS steps in the same
 #      folder that must resume from that checkpoint's step.
+#   5. sizes: fast.cfg's time claim. Our loop's images/s at each of SIZES (default 160
+#      192 224: fast.cfg's training sizes and the seed's), batch FAST_BATCH (fast.cfg's
+#      128), without and with XLA (bench/train_step.py --parts=loop); the table turns
+#      them into seconds per ImageNet epoch (1,281,167 images) and into fast.cfg's 16
+#      epochs against imagenet.cfg's 90 at 224 px, training only. Alone, in minutes:
+#      STAGES=sizes bash bench/gpu.sh
 #
 #   bash bench/gpu.sh                                        # all of it
 #   STEPS=25 REPEATS=2 BATCHES="64 128" XLA=0 bash bench/gpu.sh   # a shorter run
@@ -25,7 +31,7 @@
 # Knobs (environment): STAGES, BATCHES, XLA ("0 1": without and with), FIT (0: our loop
 # only), STEPS (per timed window), REPEATS (windows), STEPS_PER_LOOP, MEM_START,
 # MEM_LIMIT, MEM_TOLERANCE, PIPE_ARGS (extra bench/input_pipeline.py flags), TRAIN_BATCH,
-# TRAIN_STEPS, RESUME_STEPS, LOG_EVERY, MODEL, IMAGE_SIZE, NUM_CLASSES, PRECISION,
+# TRAIN_STEPS, RESUME_STEPS, LOG_EVERY, SIZES, FAST_BATCH, MODEL, IMAGE_SIZE, NUM_CLASSES, PRECISION,
 # PYTHON, OUT (the folder for the stages' logs; a fresh temporary one by default).
 #
 # GPU_SH_ALLOW_CPU=1 skips the GPU check, to test the script itself on a CPU at tiny
@@ -34,7 +40,7 @@
 #   GPU_SH_ALLOW_CPU=1 MODEL=densenet_bc_10_4 NUM_CLASSES=10 IMAGE_SIZE=32 BATCHES="8 16" \
 #     STEPS=4 REPEATS=1 STEPS_PER_LOOP=2 MEM_START=8 MEM_LIMIT=16 TRAIN_BATCH=8 \
 #     PIPE_ARGS="--num_images=16 --repeats=1 --batches_per_repeat=2 --warmup_batches=1" \
-#     TRAIN_STEPS=20 RESUME_STEPS=30 LOG_EVERY=5 bash bench/gpu.sh
+#     TRAIN_STEPS=20 RESUME_STEPS=30 LOG_EVERY=5 SIZES="16 32" FAST_BATCH=8 bash bench/gpu.sh
 #
 # Needs TensorFlow with CUDA on the machine (pip install "tensorflow[and-cuda]" .) and,
 # for the pipeline stage, scikit-image (its sample photos): pip install scikit-image.
@@ -52,7 +58,7 @@ if [[ "${GPU_SH_ALLOW_CPU:-0}" != 1 ]]; then
 fi
 cd "$(dirname "$0")/.." || exit 1
 python="${PYTHON:-python3}"
-stages="${STAGES:-throughput memory pipeline train}"
+stages="${STAGES:-throughput memory pipeline train sizes}"
 model="${MODEL:-densenet121}"
 image_size="${IMAGE_SIZE:-224}"
 num_classes="${NUM_CLASSES:-1000}"
@@ -71,6 +77,8 @@ train_batch="${TRAIN_BATCH:-64}"
 train_steps="${TRAIN_STEPS:-200}"
 resume_steps="${RESUME_STEPS:-250}"
 log_every="${LOG_EVERY:-25}"
+sizes="${SIZES:-160 192 224}"
+fast_batch="${FAST_BATCH:-128}"
 out="${OUT:-$(mktemp -d)}"
 mkdir -p "$out"
 started=$SECONDS
@@ -190,12 +198,20 @@ if problems:
     sys.exit('train check: ' + '; '.join(problems))
 PY
 fi
+if [[ " $stages " == *' sizes '* ]]; then
+    for size in $sizes; do
+        stage "size_$size" "$python" bench/train_step.py --model="$model" --image_size="$size" \
+            --num_classes="$num_classes" --precision="$precision" --parts=loop \
+            --batch_size="$fast_batch" --steps="$steps" --repeats="$repeats" \
+            --steps_per_loop="$steps_per_loop"
+    done
+fi
 
-"$python" - "$out" "$stages" "$batches" "$((SECONDS - started))" "${failed[*]:-}" <<'PY'
+"$python" - "$out" "$stages" "$batches" "$((SECONDS - started))" "${failed[*]:-}" "$sizes" <<'PY'
 """The stages' RESULT lines as one Markdown table and one RESULT line."""
 import json, os, sys
 
-folder, stages, batches, seconds, failed = sys.argv[1:6]
+folder, stages, batches, seconds, failed, sizes = sys.argv[1:7]
 
 
 def figures(name):
@@ -274,6 +290,38 @@ if train:
           f"log, {cell(train['last_loss'], '{:.3f}')} at step {train['last_step']}; resumed "
           f"from ckpt-{train['resumed_from_step']} to step {train['resumed_last_step']}: "
           f"{'ok' if train['ok'] else 'FAILED'} |")
+IMAGENET_TRAIN = 1281167
+epoch_seconds = {}
+for size in sizes.split():
+    run = figures(f'size_{size}')
+    if run is None:
+        continue
+    best = max(value for value in (run.get('ours_loop_images_per_second'),
+                                   run.get('ours_xla_images_per_second')) if value)
+    epoch_seconds[int(size)] = IMAGENET_TRAIN / best
+    print(f'| one ImageNet epoch at {size} px, batch {run["batch_size"]} (best of without and '
+          f'with XLA: {best:.0f} images/s) | {epoch_seconds[int(size)] / 60:.1f} min |')
+if epoch_seconds:
+    result['epoch_seconds_by_size'] = {size: round(s) for size, s in epoch_seconds.items()}
+    sys.path.insert(0, '.')
+    from trainer import image_sizes  # noqa: E402  (no TensorFlow)
+    with open('fast.cfg') as stream:
+        cfg = dict(line.strip()[2:].split('=', 1) for line in stream
+                   if line.startswith('--') and '=' in line)
+    schedule = image_sizes.ImageSizes(
+        final=int(cfg['image_size']), smallest=int(cfg['min_image_size']),
+        ramp_start=int(cfg['resize_start_epoch']), ramp_end=int(cfg['resize_end_epoch']),
+        step=int(cfg['image_size_step']))
+    epochs = [schedule.train(epoch) for epoch in range(int(cfg['epochs']))]
+    if all(size in epoch_seconds for size in set(epochs)):
+        fast = sum(epoch_seconds[size] for size in epochs)
+        result['fast_cfg_train_hours'] = round(fast / 3600, 2)
+        line = f'| fast.cfg, {len(epochs)} epochs at {sorted(set(epochs))} px, training only | {fast / 3600:.2f} h'
+        if 224 in epoch_seconds:
+            seed = 90 * epoch_seconds[224]
+            result['imagenet_cfg_train_hours_same_batch'] = round(seed / 3600, 2)
+            line += f' (90 epochs at 224 px, the same batch: {seed / 3600:.2f} h, {fast / seed:.2f}x)'
+        print(line + ' |')
 print(f'| wall time | {int(seconds)} s |')
 print('RESULT ' + json.dumps(result))
 PY

@@ -6,6 +6,7 @@ a run stopped just before, at and just after a size change against the run that 
 never stopped, bit for bit.
 """
 
+import dataclasses
 import os
 
 import numpy as np
@@ -197,3 +198,25 @@ def test_a_run_stopped_before_at_and_after_a_size_change_resumes_bit_identical(
     straight_checkpoints, stopped_checkpoints = checkpoints(straight), checkpoints(stopped)
     for step in (22, 23, 24, 26):
         assert_identical(straight_checkpoints[step], stopped_checkpoints[step])
+
+
+def test_fast_cfg_is_ffcvs_schedule_and_says_it_was_not_run_here():
+    """The recipe file parses into the schedule its comments promise."""
+    import main as main_lib  # noqa: PLC0415
+    from absl import flags  # noqa: PLC0415
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fast.cfg')
+    with open(path) as stream:
+        head = stream.read(600)
+    assert 'NOT RUN ON IMAGENET HERE' in head and 'Expected:' in head
+    flag_values = flags.FlagValues()
+    main_lib._define_flags(flag_values)  # pylint: disable=protected-access
+    main_lib._parse_flags(['main.py', f'--flagfile={path}'], flag_values)  # pylint: disable=protected-access
+    fields = [field.name for field in dataclasses.fields(config_lib.RunConfig)]
+    config = config_lib.RunConfig(**{name: flag_values[name].value for name in fields})
+    sizes = image_sizes.ImageSizes.from_settings(config)
+    assert [sizes.train(e) for e in range(16)] == [
+        _ffcv_resolution(e, 160, 192, 11, 13) for e in range(16)
+    ]
+    assert sizes.phases(16) == [(0, 160), (12, 192)] and sizes.eval == 224
+    assert (config.model, config.epochs, config.label_smoothing) == ('densenet121', 16, 0.1)
