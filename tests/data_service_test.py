@@ -230,6 +230,39 @@ def test_augmentations_and_mixing_are_the_local_ones(service_address, labelled_d
             np.testing.assert_array_equal(tensor.numpy(), local_tensor.numpy(), err_msg=index)
 
 
+@pytest.mark.slow
+def test_a_size_change_starts_a_stream_the_workers_serve_as_locally(
+    service_address, labelled_dir, tmp_path
+):
+    """Progressive resizing: 8 px in epoch 1, 16 px after; each size's stream is served
+    batch for batch as the local pipeline gives it, and the first ends at the change."""
+    config = config_lib.RunConfig(
+        dataset_dir=labelled_dir,
+        model_dir=str(tmp_path),
+        num_classes=_EXAMPLES,
+        image_size=16,
+        min_image_size=8,
+        image_size_step=8,
+        resize_start_epoch=0,
+        resize_end_epoch=1,
+        batch_size=_BATCH,
+        bfloat16=False,
+        seed=6,
+        data_service_address=service_address,
+    )
+    data = run_data.RunData(config, tf.distribute.get_strategy())
+    steps = data.steps_per_epoch
+    # The stream of the first size ends where the size changes (2 batches); the next runs on.
+    for start, count, size in ((steps - 2, 2, 8), (steps, 3, 16)):
+        served = list(data.train(start).take(3))
+        local = list(data.train_dataset_fn(start)(tf.distribute.InputContext()).take(3))
+        assert len(served) == len(local) == count
+        assert [images.shape[1] for images, _ in served] == [size] * count
+        for index, (batch, local_batch) in enumerate(zip(served, local)):
+            for tensor, local_tensor in zip(batch, local_batch):
+                np.testing.assert_array_equal(tensor.numpy(), local_tensor.numpy(), err_msg=index)
+
+
 _DEMO = ['--flagfile=demo.cfg', '--prepare_digits_demo=false', '--log_every_steps=6']
 
 

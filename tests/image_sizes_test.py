@@ -7,6 +7,7 @@ never stopped, bit for bit.
 """
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 from in_process import run_main_in_process
 from main_runs import assert_identical
+from main_runs import checkpoint_values
 from main_runs import checkpoints
 from main_runs import events
 from trainer import config as config_lib
@@ -144,6 +146,9 @@ _PROGRESSIVE = [
     '--resize_start_epoch=0',
     '--resize_end_epoch=1',
     '--eval_image_size=24',
+    # The guarantees that must hold across the change: averaged weights, mixed batches.
+    '--ema_decay=0.9',
+    '--mixup_alpha=0.2',
     '--steps_per_loop=8',
     '--log_every_steps=2',  # And at the epoch's end: steps 22, 23, 24 and 26.
     '--checkpoint_every_steps=2',
@@ -178,6 +183,9 @@ def test_a_run_stopped_before_at_and_after_a_size_change_resumes_bit_identical(
         24: 16.0,
         26: 16.0,
     }
+    # Evaluated at the epoch's end, across the change, and at the last step.
+    with open(os.path.join(straight, 'eval_results.jsonl')) as stream:
+        assert [json.loads(line)['step'] for line in stream] == [23, 26]
     # The export takes the evaluation size.
     (saved,) = os.listdir(os.path.join(straight, 'saves'))
     _, exported_size = export.load_predict_fn(os.path.join(straight, 'saves', saved))
@@ -198,6 +206,7 @@ def test_a_run_stopped_before_at_and_after_a_size_change_resumes_bit_identical(
     straight_checkpoints, stopped_checkpoints = checkpoints(straight), checkpoints(stopped)
     for step in (22, 23, 24, 26):
         assert_identical(straight_checkpoints[step], stopped_checkpoints[step])
+    assert any('weight_average' in name for name in checkpoint_values(stopped_checkpoints[26]))
 
 
 def test_fast_cfg_is_ffcvs_schedule_and_says_it_was_not_run_here():
