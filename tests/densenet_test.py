@@ -473,7 +473,12 @@ def test_memory_efficient_densenet121_decays_and_trains_as_plain():
         train_step = step_lib.TrainStep(
             model, keras.optimizers.SGD(0.1), global_batch_size=2, weight_decay=0.05
         )
-        return tf.function(train_step.gradients)(images, labels)
+
+        def with_norm(images, labels):
+            gradients, metrics = train_step.gradients(images, labels)
+            return gradients, {**metrics, 'grad_norm_sq': train_step.grad_norm_sq(gradients)}
+
+        return tf.function(with_norm)(images, labels)
 
     plain_gradients, plain_metrics = gradients(plain)
     efficient_gradients, efficient_metrics = gradients(efficient)

@@ -98,7 +98,10 @@ def test_demo_model_gradients_repeat_bit_for_bit():
 
     @tf.function
     def gradients():
-        return train_step.gradients(images, labels)
+        # With the squared gradient norm the loop logs (`TrainStep.grad_norm_sq`): a sum
+        # over every gradient, which must not reorder its terms either.
+        gradients, metrics = train_step.gradients(images, labels)
+        return gradients, {**metrics, 'grad_norm_sq': train_step.grad_norm_sq(gradients)}
 
     first, first_metrics = gradients()
     for repeat in range(5):

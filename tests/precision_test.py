@@ -112,8 +112,10 @@ def test_overflowing_step_is_skipped_and_counted():
     before = [w.numpy() for w in model.weights]
     totals = train_loop(iterator, tf.constant(1))
     assert float(totals['skipped']) == 1.0
-    # The skipped step's inf gradients do not reach the logged gradient norm.
+    # The skipped step's inf gradients do not reach the logged gradient norm: the call's
+    # last step was skipped, so it counts as not measured.
     assert float(totals['grad_norm_sq']) == 0.0
+    assert float(totals['grad_norm_steps']) == 0.0
     skipped_totals = {key: float(value) for key, value in totals.items()}
     for old, new in zip(before, model.weights):
         np.testing.assert_array_equal(old, new.numpy())
@@ -125,8 +127,9 @@ def test_overflowing_step_is_skipped_and_counted():
     scaler.scale.assign(2.0**10)
     totals = train_loop(iterator, tf.constant(1))
     assert float(totals['skipped']) == 0.0 and int(optimizer.iterations.numpy()) == 2
+    assert float(totals['grad_norm_steps']) == 1.0
     # An interval of the two steps: the norm is the applied step's, not NaN or halved.
-    keys = ('cross_entropy', 'l2', 'top1', 'top5', 'count', 'grad_norm_sq', 'skipped')
+    keys = loop.TRAIN_METRICS
     window = {key: skipped_totals[key] + float(totals[key]) for key in keys}
     scalars = summaries.train_scalars(
         window, steps=2, seconds=1.0, learning_rate=0.1, epoch=1.0, weight_norm=1.0

@@ -19,6 +19,7 @@ from trainer import ema
 from trainer import loop
 from trainer import optimizers
 from trainer import step as step_lib
+from trainer import summaries
 
 # --- Optimizers against their update formulas. ---------------------------------
 
@@ -154,7 +155,19 @@ def _data(batch, steps_count=3):
     return tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch)
 
 
-def _train(batch, *, grad_accum_steps=1, calls=(3,), jit_compile=False, weight_average=False):
+def _train(
+    batch,
+    *,
+    grad_accum_steps=1,
+    calls=(3,),
+    jit_compile=False,
+    weight_average=False,
+    norm_counter=None,
+):
+    """Trains `_mlp` on `_data(batch)`, one loop call of each of `calls` steps.
+
+    `norm_counter`, a tf.Variable, counts the runs of `TrainStep.grad_norm_sq`.
+    """
     model = _mlp()
     optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
     optimizer.build(model.trainable_variables)
@@ -168,6 +181,14 @@ def _train(batch, *, grad_accum_steps=1, calls=(3,), jit_compile=False, weight_a
         grad_accum_steps=grad_accum_steps,
         weight_average=average,
     )
+    if norm_counter is not None:
+        measure = train_step.grad_norm_sq
+
+        def counted(gradients):
+            norm_counter.assign_add(1)
+            return measure(gradients)
+
+        train_step.grad_norm_sq = counted
     train_loop = loop.make_train_loop(
         tf.distribute.get_strategy(), train_step, jit_compile=jit_compile
     )
@@ -200,15 +221,70 @@ def test_steps_per_loop_equals_one_step_per_call():
     single, single_totals, _ = _train(8, calls=(1, 1, 1))
     _assert_same_weights(looped, single, rtol=1e-6, atol=1e-7)
     for key in loop.TRAIN_METRICS:
+        if key.startswith('grad_norm'):
+            continue
         summed = sum(float(totals[key]) for totals in single_totals)
         assert float(looped_totals[0][key]) == pytest.approx(summed, rel=1e-5, abs=1e-6), key
     assert float(looped_totals[0]['count']) == 24.0
+    # The gradient norm is measured once per call, at its last step: the same step, so
+    # the same figure, as the last one-step call's.
+    assert [float(totals['grad_norm_steps']) for totals in single_totals] == [1.0] * 3
+    assert float(looped_totals[0]['grad_norm_steps']) == 1.0
+    assert float(looped_totals[0]['grad_norm_sq']) == pytest.approx(
+        float(single_totals[-1]['grad_norm_sq']), rel=1e-5
+    )
+
+
+def _reference_gradient_norm(model, images, labels):
+    """The global norm of the gradient of `_train`'s loss, by a tape and Keras' own loss.
+
+    `_train`'s step: cross-entropy with label smoothing 0.1, mean over the batch, plus
+    L2 of 1e-2 on the two kernels.
+    """
+    smoothed = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+    kernels = [layer.kernel for layer in model.layers]
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        l2 = 0.5 * 1e-2 * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
+        loss = smoothed(tf.one_hot(labels, 4), logits) + l2
+    return float(tf.linalg.global_norm(tape.gradient(loss, model.trainable_variables)))
+
+
+def test_gradient_norm_is_measured_at_each_calls_last_step_only():
+    batches = list(_data(8))
+    # The weights the third step starts from: the same training, stopped after two steps.
+    two_steps, _, _ = _train(8, calls=(2,))
+    want = _reference_gradient_norm(two_steps, *batches[2])
+    # One call of three steps runs the norm once, at its last step, and logs that.
+    runs = tf.Variable(0)
+    _, (totals,), _ = _train(8, calls=(3,), norm_counter=runs)
+    assert int(runs.numpy()) == 1, 'the norm ran on steps other than the last'
+    assert float(totals['grad_norm_steps']) == 1.0
+    window = {key: float(value) for key, value in totals.items()}
+    logged = summaries.train_scalars(
+        window, steps=3, seconds=1.0, learning_rate=0.1, epoch=1.0, weight_norm=1.0
+    )['gradient_norm']
+    assert logged == pytest.approx(want, rel=1e-5)
+    # Neither the first step's norm nor the RMS over the call's steps would pass.
+    first = _reference_gradient_norm(_mlp(), *batches[0])
+    assert abs(first - want) > 1e-2 * want
+    # Calls of one and two steps: one measurement each, at steps 1 and 3.
+    runs.assign(0)
+    _, split, _ = _train(8, calls=(1, 2), norm_counter=runs)
+    assert int(runs.numpy()) == 2
+    assert [float(totals['grad_norm_steps']) for totals in split] == [1.0, 1.0]
+    assert float(split[0]['grad_norm_sq']) == pytest.approx(first**2, rel=1e-5)
+    assert float(split[1]['grad_norm_sq']) == pytest.approx(want**2, rel=1e-5)
 
 
 def test_xla_step_equals_plain_step():
-    plain, _, _ = _train(8)
-    compiled, _, _ = _train(8, jit_compile=True)
+    plain, (plain_totals,), _ = _train(8)
+    compiled, (compiled_totals,), _ = _train(8, jit_compile=True)
     _assert_same_weights(plain, compiled, rtol=1e-5, atol=1e-6)
+    # The norm's replica function is compiled too.
+    assert float(compiled_totals['grad_norm_sq']) == pytest.approx(
+        float(plain_totals['grad_norm_sq']), rel=1e-5
+    )
 
 
 def test_weight_average_follows_its_formula_and_is_swapped_in(tmp_path):

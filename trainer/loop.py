@@ -12,6 +12,15 @@ The decision sits here because a `tf.cond` around an update *inside* a replica
 function fails under MirroredStrategy (the optimizer's `merge_call` may not run in a
 nested graph), while a `tf.cond` around a whole `strategy.run` works on every
 strategy we run.
+
+The logged gradient norm is measured on the last step of each call only, likewise in
+cross-replica context: a `tf.cond` on "last step" around a `strategy.run` of
+`TrainStep.grad_norm_sq`. On every step, reading every gradient once more cost two
+ops per variable, about 80 of the 1,300 ops of a step of the small model of
+`bench/train_step.py`'s overhead case, for a figure that is read once per log
+interval; and the controller ends a call at every step some action is due at
+(`trainer/controller.py`), every logging step among them, so the last step of a call
+is the step a log line reports.
 """
 
 from typing import Callable, Dict, Optional, Sequence
@@ -20,7 +29,16 @@ import tensorflow as tf
 
 from trainer import distribute
 
-TRAIN_METRICS = ('cross_entropy', 'l2', 'top1', 'top5', 'count', 'grad_norm_sq', 'skipped')
+TRAIN_METRICS = (
+    'cross_entropy',
+    'l2',
+    'top1',
+    'top5',
+    'count',
+    'grad_norm_sq',
+    'grad_norm_steps',
+    'skipped',
+)
 EVAL_METRICS = ('cross_entropy', 'top1', 'top5', 'count')
 
 
@@ -31,10 +49,12 @@ def _summed_loop(
     measure_input_wait: bool = False,
     loss_of: Optional[Callable] = None,
 ) -> Callable:
-    """Wraps `step_fn(batch) -> dict of sums over replicas` into `loop(iterator, num_steps)`.
+    """Wraps `step_fn(batch, last) -> sums over replicas` into `loop(iterator, num_steps)`.
 
     The returned function runs `num_steps` steps on batches from the distributed
-    iterator and returns the metrics summed over steps, and `input_wait`: the seconds
+    iterator and returns the metrics summed over steps. `last`, a bool tensor, is
+    True on the call's last step only (index `num_steps - 1`): the step whose figures
+    a log line after the call reports. Also `input_wait`: the seconds
     the host spent blocked in `next(iterator)`. tf.data hands over a prefetched batch
     at once, so the wait is the time the input pipeline fell behind. Where the device
     runs behind the host (GPUs, TPUs), part of it can overlap the previous step's
@@ -62,7 +82,7 @@ def _summed_loop(
                     input_wait += tf.timestamp() - start
             else:
                 batch = next(iterator)
-            sums = step_fn(batch)
+            sums = step_fn(batch, tf.equal(index, num_steps - 1))
             totals = {key: totals[key] + sums[key] for key in keys}
             if loss_of is not None:
                 loss = tf.cast(loss_of(sums), tf.float32)
@@ -106,20 +126,37 @@ def make_train_loop(
       The loop; it returns TRAIN_METRICS summed over replicas and steps (`skipped`
       counts the steps dynamic loss scaling skipped), `first_nonfinite_step` and
       `first_nonfinite_loss` (see `_summed_loop`), and `input_wait` when measured.
+      The gradient norm is sampled, not summed over every step: `grad_norm_sq` is
+      the squared norm (`step.TrainStep.grad_norm_sq`, summed over replicas) of the
+      call's last step, and `grad_norm_steps` is 1 for that measurement; both are 0
+      when that step was skipped, whose gradients are inf or NaN. Over the calls of
+      a log interval, sqrt(sum grad_norm_sq / sum grad_norm_steps) is the RMS norm
+      of the sampled steps (`summaries.train_scalars`).
     """
-    gradients_fn, apply_fn = train_step.gradients, train_step.apply
+    gradients_fn, norm_fn, apply_fn = (
+        train_step.gradients,
+        train_step.grad_norm_sq,
+        train_step.apply,
+    )
     if jit_compile:
         gradients_fn = tf.function(gradients_fn, jit_compile=True)
+        norm_fn = tf.function(norm_fn, jit_compile=True)
         if distribute.xla_compiles_updates(strategy):
             apply_fn = tf.function(apply_fn, jit_compile=True)
     scaler = train_step.loss_scaler
-    keys = [key for key in TRAIN_METRICS if key != 'skipped']
+    keys = [
+        key for key in TRAIN_METRICS if key not in ('grad_norm_sq', 'grad_norm_steps', 'skipped')
+    ]
 
     def apply(gradients):
         strategy.run(apply_fn, args=(gradients,))
         return tf.constant(True)
 
-    def one_step(batch):
+    def norm_sq(gradients):
+        per_replica = strategy.run(norm_fn, args=(gradients,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def one_step(batch, last):
         gradients, per_replica = strategy.run(gradients_fn, args=batch)
         sums = _sum_over_replicas(strategy, per_replica, keys)
         if scaler.skips_steps:
@@ -132,12 +169,19 @@ def make_train_loop(
             tf.cond(finite, lambda: apply(gradients), train_step.skip)
             scaler.update(finite)
             sums['skipped'] = 1.0 - tf.cast(finite, tf.float32)
-            # A skipped step's gradients are inf or NaN: its squared norm would make the
-            # whole interval's gradient_norm NaN. The norm is over the applied steps.
-            sums['grad_norm_sq'] = tf.where(finite, sums['grad_norm_sq'], 0.0)
+            # A skipped step's gradients are inf or NaN: measured, its squared norm would
+            # make the interval's gradient_norm NaN. It counts as not measured.
+            measured = tf.logical_and(last, finite)
         else:
             apply(gradients)
             sums['skipped'] = tf.constant(0.0)
+            measured = last
+        # Around the whole strategy.run, in cross-replica context, like the update's
+        # cond above; the branch not taken costs nothing.
+        sums['grad_norm_sq'] = tf.cond(
+            measured, lambda: norm_sq(gradients), lambda: tf.constant(0.0)
+        )
+        sums['grad_norm_steps'] = tf.cast(measured, tf.float32)
         return sums
 
     return _summed_loop(
@@ -155,7 +199,8 @@ def make_eval_loop(
 ) -> Callable[..., Dict[str, tf.Tensor]]:
     """`replica_step(images, labels, weights) -> dict of sums`, `num_steps` per call."""
 
-    def one_step(batch):
+    def one_step(batch, last):
+        del last  # Every eval step's sums count.
         return _sum_over_replicas(strategy, strategy.run(replica_step, args=batch), EVAL_METRICS)
 
     return _summed_loop(one_step, EVAL_METRICS)

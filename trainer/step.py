@@ -10,6 +10,11 @@ is skipped, and that decision must be taken outside the replicas (see
 
 Steps return *sums* over the replica's examples; the loop adds them over replicas and
 steps and divides once, so averages are exact whatever the batch split.
+
+The squared gradient norm is a third, separate replica function,
+`grad_norm_sq(gradients)`: it reads every gradient once more, a cost worth paying only
+at the steps whose figure is logged, so the loop runs it on the last step of each of
+its calls only (`trainer/loop.py`).
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -172,26 +177,34 @@ class TrainStep:
         Returns:
           (gradients, one per trainable variable, not yet summed over replicas;
           metrics: sums over this replica's examples (`cross_entropy`, `top1`, `top5`,
-          `count`), this replica's share of the L2 term (`l2`) and of the squared
-          gradient norm (`grad_norm_sq`); summed over replicas these give the global
-          figures. With dynamic loss scaling also `non_finite`, the number of inf or
-          NaN gradient values, which the loop sums over replicas to decide the skip.)
+          `count`) and this replica's share of the L2 term (`l2`); summed over
+          replicas these give the global figures. With dynamic loss scaling also
+          `non_finite`, the number of inf or NaN gradient values, which the loop sums
+          over replicas to decide the skip. The gradient norm is not among them: see
+          `grad_norm_sq`.)
         """
         if self.grad_accum_steps == 1:
             gradients, metrics = self._micro_batch(images, labels)
         else:
             gradients, metrics = self._accumulate(images, labels)
         gradients = self.loss_scaler.unscale(gradients)
-        # The squared norm of the loss gradient as this replica's batch estimates it (its
-        # share times num_replicas), weighted so that the sum over replicas is the mean:
-        # on one replica, exactly the global gradient's. The all-reduced gradient's own
-        # norm would cost a second all-reduce of every gradient.
-        metrics['grad_norm_sq'] = self.num_replicas * ordered_sum(
-            [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in gradients if g is not None]
-        )
         if self.loss_scaler.skips_steps:
             metrics['non_finite'] = self.loss_scaler.count_non_finite(gradients)
         return gradients, metrics
+
+    def grad_norm_sq(self, gradients: Sequence[Optional[tf.Tensor]]) -> tf.Tensor:
+        """This replica's share of the squared gradient norm, from `gradients`' output.
+
+        The squared norm of the loss gradient as this replica's batch estimates it (its
+        share times num_replicas), weighted so that the sum over replicas is the mean:
+        on one replica, exactly the global gradient's. The all-reduced gradient's own
+        norm would cost a second all-reduce of every gradient. A sum over every
+        gradient value, so the loop runs it only at the steps it reports (see
+        `trainer/loop.py`), not on every step.
+        """
+        return self.num_replicas * ordered_sum(
+            [tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in gradients if g is not None]
+        )
 
     def apply(self, gradients: Sequence[tf.Tensor]) -> tf.Tensor:
         """Applies this replica's gradients; the optimizer sums them over replicas."""

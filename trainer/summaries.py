@@ -129,10 +129,13 @@ def train_scalars(
     Args:
       window: the train loop's totals, summed over the interval's steps and replicas:
         `cross_entropy`, `top1`, `top5` (sums over examples), `count` (examples), `l2`
-        (the L2 term, once per step), and when present `grad_norm_sq` (see
-        `step.TrainStep.gradients`), `skipped` (steps whose update dynamic loss
-        scaling skipped) and `input_wait` (seconds the loop waited for batches, see
-        `loop.py`; not measured under op determinism).
+        (the L2 term, once per step), `grad_norm_sq` and `grad_norm_steps` (the
+        squared gradient norm summed over the steps it was measured at, and their
+        number: the train loop measures it on the last step of each of its calls
+        only, and not where that step was skipped; see `loop.make_train_loop`), and
+        when present `skipped` (steps whose update dynamic loss scaling skipped) and
+        `input_wait` (seconds the loop waited for batches, see `loop.py`; not
+        measured under op determinism).
       steps: train steps in the interval.
       seconds: wall time of the interval.
       learning_rate: the learning rate of the interval's last step.
@@ -148,7 +151,7 @@ def train_scalars(
     seconds = max(seconds, 1e-9)
     cross_entropy = window['cross_entropy'] / count
     l2 = window['l2'] / steps
-    applied = steps - int(round(window.get('skipped', 0.0)))
+    measured = round(window.get('grad_norm_steps', 0.0))
     values = {
         'loss': cross_entropy + l2,
         'cross_entropy': cross_entropy,
@@ -158,11 +161,14 @@ def train_scalars(
         'learning_rate': learning_rate,
         'loss_scale': 1.0 if loss_scale is None else loss_scale,
         'skipped_steps': window.get('skipped', 0.0),
-        # Root of the mean over the applied steps (a skipped step's gradients were not
-        # finite; the loop counts them as 0): the typical step's norm, not a sum's. NaN
-        # when every step of the interval was skipped.
+        # Root of the mean over the measured steps: the last step of each loop call in
+        # the interval (a call ends at every logging step, so an interval of one call
+        # gives the norm at the logged step). A skipped step's gradients were not
+        # finite: the loop does not count it as measured. NaN when no step was measured.
         'gradient_norm': (
-            math.sqrt(max(window.get('grad_norm_sq', 0.0), 0.0) / applied) if applied else math.nan
+            math.sqrt(max(window.get('grad_norm_sq', 0.0), 0.0) / measured)
+            if measured
+            else math.nan
         ),
         'weight_norm': weight_norm,
         'images_per_second': window['count'] / seconds,
