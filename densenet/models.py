@@ -116,17 +116,22 @@ def _imagenet_features(
     # The explicit padding and names are those Keras Applications produces in a
     # fresh process; 'valid' convs after explicit padding match its arithmetic.
     x = keras.layers.ZeroPadding2D(((3, 3), (3, 3)), name='zero_padding2d', dtype=policy)(x)
-    x = keras.layers.Conv2D(
-        2 * growth_rate, 7, strides=2, use_bias=False, name='conv1_conv', dtype=policy
-    )(x)
-    x = blocks.batch_norm(x, 'conv1_bn', policy)
-    x = keras.layers.Activation('relu', name='conv1_relu', dtype=policy)(x)
-    x = keras.layers.ZeroPadding2D(((1, 1), (1, 1)), name='zero_padding2d_1', dtype=policy)(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, name='pool1', dtype=policy)(x)
+    if not options.get('memory_efficient'):
+        x = keras.layers.Conv2D(
+            2 * growth_rate, 7, strides=2, use_bias=False, name='conv1_conv', dtype=policy
+        )(x)
+        x = blocks.batch_norm(x, 'conv1_bn', policy)
+        x = keras.layers.Activation('relu', name='conv1_relu', dtype=policy)(x)
+        x = keras.layers.ZeroPadding2D(((1, 1), (1, 1)), name='zero_padding2d_1', dtype=policy)(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, name='pool1', dtype=policy)(x)
+    # Memory-efficient: the stem's conv, BN, ReLU and max pool are recomputed in the
+    # first dense block's layer (`stem`), which keeps only the padded images.
     for i, num_layers in enumerate(block_sizes):
         stage = i + 2  # The stem is stage 1: then conv2..conv5, pool2..pool4.
         last = i == len(block_sizes) - 1
-        x = _dense_stage(x, num_layers, growth_rate, stage, last, dropout_rate, policy, **options)
+        x = _dense_stage(
+            x, num_layers, growth_rate, stage, last, dropout_rate, policy, stem=i == 0, **options
+        )
     return x
 
 
@@ -141,11 +146,15 @@ def _dense_stage(
     *,
     memory_efficient: bool = False,
     batch_norm_momentum: float = 0.99,
+    stem: bool = False,
 ):
     """Dense block `conv{stage}` and, unless `last`, transition `pool{stage}`.
 
-    With `memory_efficient`, the block and the transition's BN-ReLU-conv are one
-    `recompute.RecomputedDenseBlock` holding the same weights under the same names.
+    With `memory_efficient`, the block and the whole transition (BN-ReLU-conv, dropout,
+    average pool) are one `recompute.RecomputedDenseBlock` holding the same weights
+    under the same names; with `stem` too, it begins with the ImageNet stem's conv, BN,
+    ReLU and max pool (its input is then the padded images). `stem` is only read
+    with `memory_efficient`: the plain model builds its stem in `_imagenet_features`.
     """
     if not memory_efficient:
         x = blocks.dense_block(
@@ -156,8 +165,8 @@ def _dense_stage(
                 x, COMPRESSION, f'pool{stage}', dropout_rate=dropout_rate, dtype=policy
             )
         return x
-    x = recompute.RecomputedDenseBlock(
-        int(x.shape[blocks.CHANNEL_AXIS]),
+    return recompute.RecomputedDenseBlock(
+        2 * growth_rate if stem else int(x.shape[blocks.CHANNEL_AXIS]),
         num_layers,
         growth_rate,
         prefix=f'conv{stage}',
@@ -165,12 +174,10 @@ def _dense_stage(
         reduction=COMPRESSION,
         dropout_rate=dropout_rate,
         batch_norm_momentum=batch_norm_momentum,
+        pool=True,
+        stem=stem,
         dtype=policy,
     )(x)
-    if last:
-        return x
-    x = blocks.dropout(x, dropout_rate, f'pool{stage}_drop', policy)
-    return keras.layers.AveragePooling2D(2, strides=2, name=f'pool{stage}_pool', dtype=policy)(x)
 
 
 def _cifar_features(

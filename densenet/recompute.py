@@ -4,11 +4,15 @@ A dense layer's input is the concatenation of every earlier layer's output, so a
 plain implementation stores, per layer, a concatenation, its batch-normalised copy and
 that copy after ReLU, each as wide as everything before it: memory quadratic in the
 depth of a block (Pleiss et al., "Memory-Efficient Implementation of DenseNets", 2017).
-Here each dense layer, BN-ReLU-conv1x1-BN-ReLU-conv3x3, runs inside `tf.recompute_grad`
-and takes the *list* of earlier outputs: the concatenation happens inside, so what the
-forward pass keeps per layer is only its k new channels; everything in between is
-recomputed, one layer at a time, when the backward pass needs it. The transition's
-BN-ReLU-conv is recomputed the same way.
+Here each dense layer, BN-ReLU-conv1x1-BN-ReLU-conv3x3, runs inside `recompute_grad`
+(`tf.recompute_grad` without its copies of every argument) and takes the *list* of
+earlier outputs: the concatenation happens inside, so what the forward pass keeps per
+layer is only its k new channels; everything in between is recomputed, one layer at a
+time, when the backward pass needs it. The whole transition (BN-ReLU-conv, dropout,
+average pool) is recomputed the same way and keeps only its pooled output. So is the
+ImageNet stem (7x7/2 conv, BN, ReLU, 3x3/2 max pool, held by the first block), with a
+hand-written backward pass: it keeps only the padded images, not its four 112x112
+tensors, and goes back through them one at a time.
 
 Batch norm in a recomputed segment would update its moving statistics twice, once in
 the forward pass and again in the recomputation (the bug of
@@ -31,9 +35,11 @@ from typing import Any, List, Optional
 
 import keras
 import tensorflow as tf
+from tensorflow.python.eager import record  # `tf.recompute_grad`'s own: no public form.
 
 from densenet import batch_norm
 from densenet import blocks
+
 
 def _moments(x: tf.Tensor):
     """Per-channel batch mean and (biased) variance, in float32, one gradient for `x`."""
@@ -50,16 +56,167 @@ def _bn_relu_conv(x, norm, conv, mean, variance, compute_dtype):
     return tf.nn.conv2d(tf.cast(y, compute_dtype), kernel, strides=1, padding='SAME')
 
 
+def recompute_grad(function):
+    """`function` with its intermediate tensors recomputed in the backward pass.
+
+    `tf.recompute_grad`'s computation without its copies: in a graph, that one orders
+    the recomputation after the incoming gradients by adding a zero that depends on
+    them to *every argument*, which copies each argument (here: every earlier feature
+    of the block, for every dense layer, a transient as wide as the block and memory
+    traffic quadratic in its depth). Here the arguments pass through `tf.identity`
+    (which shares the buffer) under a control dependency on the incoming gradients:
+    the same order, no copy. (XLA ignores control dependencies; under `--jit_compile`
+    XLA schedules the recomputation itself.)
+    """
+
+    @tf.custom_gradient
+    def recomputed(*args):
+        with record.stop_recording():
+            result = function(*args)
+
+        def backward(*result_gradients, variables=None):
+            ready = [g for g in result_gradients if g is not None]
+            with tf.control_dependencies(ready):
+                inputs = [tf.identity(arg) for arg in args]
+            variables = list(variables or [])
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                tape.watch(variables)
+                again = function(*inputs)
+            gradients = tape.gradient(
+                again,
+                inputs + variables,
+                output_gradients=list(result_gradients),
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
+            return gradients[: len(inputs)], gradients[len(inputs) :]
+
+        return result, backward
+
+    return recomputed
+
+
+_STEM_STRIDES = [1, 2, 2, 1]
+
+
+def _stem(images, kernel, gamma, beta, epsilon):
+    """The ImageNet stem in training mode: 7x7/2 conv, batch norm, ReLU, 3x3/2 max pool.
+
+    Returns `(conv, inverse_std, padded, pooled, mean, variance)`: the conv output in
+    float32, the batch norm's 1/sqrt(variance + epsilon), the ReLU output padded by 1,
+    the pooled output (in `kernel.dtype`, the compute dtype) and the batch moments.
+    """
+    y = tf.nn.conv2d(tf.cast(images, kernel.dtype), kernel, strides=2, padding='VALID')
+    y = tf.cast(y, tf.float32)
+    mean, variance = _moments(y)
+    inverse_std = tf.math.rsqrt(variance + epsilon)
+    scale = gamma * inverse_std
+    z = tf.cast(tf.nn.relu(y * scale + (beta - mean * scale)), kernel.dtype)
+    padded = tf.pad(z, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    pooled = tf.nn.max_pool2d(padded, 3, 2, 'VALID')
+    return y, inverse_std, padded, pooled, mean, variance
+
+
+def _recomputed_stem(images, kernel, gamma, beta, epsilon):
+    """`_stem`'s (pooled, mean, variance), keeping only `images` for the backward pass.
+
+    The backward pass recomputes the stem, then goes back through it by hand, each
+    112x112 tensor dropped as soon as it is used: max pool, ReLU (on the padded
+    tensor, whose border gets no gradient), batch norm with batch statistics (the
+    textbook expression of `batch_norm.normalize`), convolution. The moments carry no
+    gradient: they only feed the moving averages, through a stop_gradient.
+    """
+
+    @tf.custom_gradient
+    def stem(images, kernel, gamma, beta):
+        with record.stop_recording():
+            pooled, mean, variance = _stem(images, kernel, gamma, beta, epsilon)[-3:]
+
+        def backward(d_pooled, *unused_moment_gradients):
+            # After the incoming gradient, not in the forward pass.
+            with tf.control_dependencies([d_pooled]):
+                again = tf.identity(images)
+            y, inverse_std, padded, pooled, mean, _ = _stem(again, kernel, gamma, beta, epsilon)
+            d = tf.raw_ops.MaxPoolGrad(
+                orig_input=padded,
+                orig_output=pooled,
+                grad=d_pooled,
+                ksize=[1, 3, 3, 1],
+                strides=_STEM_STRIDES,
+                padding='VALID',
+            )
+            d = tf.raw_ops.ReluGrad(gradients=d, features=padded)
+            d = tf.cast(d[:, 1:-1, 1:-1, :], tf.float32)
+            x_hat = (y - mean) * inverse_std
+            count = tf.cast(tf.size(y) // tf.shape(y)[-1], tf.float32)
+            d_beta = tf.reduce_sum(d, [0, 1, 2])
+            d_gamma = tf.reduce_sum(d * x_hat, [0, 1, 2])
+            d = (d - d_beta / count - x_hat * (d_gamma / count)) * (gamma * inverse_std)
+            d = tf.cast(d, kernel.dtype)
+            x = tf.cast(again, kernel.dtype)
+            d_kernel = tf.raw_ops.Conv2DBackpropFilter(
+                input=x,
+                filter_sizes=tf.shape(kernel),
+                out_backprop=d,
+                strides=_STEM_STRIDES,
+                padding='VALID',
+            )
+            d_images = tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(x),
+                filter=kernel,
+                out_backprop=d,
+                strides=_STEM_STRIDES,
+                padding='VALID',
+            )
+            return tf.cast(d_images, images.dtype), d_kernel, d_gamma, d_beta
+
+        return (pooled, mean, variance), backward
+
+    return stem(images, kernel, gamma, beta)
+
+
+def _seed() -> tf.Tensor:
+    """Two stateless-dropout seeds, drawn once per call, as float32 [2, 2].
+
+    Float, because recompute_grad watches its arguments; whole numbers below 2^24 are
+    exact in float32.
+    """
+    return tf.cast(tf.random.uniform([2, 2], 0, 2**24, tf.int32), tf.float32)
+
+
+def _dropout(y, rate, seed):
+    return tf.nn.experimental.stateless_dropout(y, rate, tf.cast(seed, tf.int32))
+
+
+def _max_pool(x):
+    """The ImageNet stem's pooling: zero padding by 1 (after a ReLU), 3x3/2 max pool."""
+    x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    return tf.nn.max_pool2d(x, 3, 2, 'VALID')
+
+
+def _average_pool(x):
+    """The transition's 2x2/2 average pool."""
+    return tf.nn.avg_pool2d(x, 2, 2, 'VALID')
+
+
+def _stem_size(side: Optional[int]) -> Optional[int]:
+    if side is None:
+        return None
+    side = (side - 7) // 2 + 1
+    return (side + 2 - 3) // 2 + 1
+
+
 def _concat(features):
     return features[0] if len(features) == 1 else tf.concat(features, axis=blocks.CHANNEL_AXIS)
 
 
 class RecomputedDenseBlock(keras.layers.Layer):
-    """A dense block (and the BN-ReLU-conv of the transition after it), recomputed.
+    """A dense block (and the transition after it, and the stem before it), recomputed.
 
     Holds the same BatchNormalization and Conv2D layers, with the same names and in
-    the same weight order, as `blocks.dense_block` followed by the first half of
-    `blocks.transition_block`.
+    the same weight order, as (with `stem`) the plain model's stem, then
+    `blocks.dense_block` followed by `blocks.transition_block` (with `pool`; else its
+    first half, BN-ReLU-conv).
 
     Args:
       channels: the block's input channels.
@@ -71,7 +228,12 @@ class RecomputedDenseBlock(keras.layers.Layer):
       reduction: the transition's compression factor theta.
       dropout_rate: dropout after each dense layer's convolutions, as in the paper.
       batch_norm_momentum: the moving statistics' decay.
-      recompute: False runs the same functions without `tf.recompute_grad` (storing
+      pool: with `transition`, end with its dropout and 2x2/2 average pool too (the
+        whole transition), inside the recomputation; else the output is unpooled.
+      stem: begin with the ImageNet stem, 'conv1_conv' (7x7/2, 'valid', `channels`
+        filters), 'conv1_bn', ReLU, zero padding by 1 and 3x3/2 max pool; the input
+        is then the images padded by 3, as the plain model's 'conv1_conv' takes them.
+      recompute: False runs the same functions without recomputation (storing
         everything, as the plain model does): a second code path for tests.
     """
 
@@ -86,6 +248,8 @@ class RecomputedDenseBlock(keras.layers.Layer):
         reduction: float = 0.5,
         dropout_rate: float = 0.0,
         batch_norm_momentum: float = 0.99,
+        pool: bool = False,
+        stem: bool = False,
         recompute: bool = True,
         **kwargs: Any,
     ):
@@ -99,6 +263,8 @@ class RecomputedDenseBlock(keras.layers.Layer):
         self.reduction = reduction
         self.dropout_rate = dropout_rate
         self.batch_norm_momentum = batch_norm_momentum
+        self.pool = pool and bool(transition)
+        self.stem = stem
         self.recompute = recompute
         dtype = self.dtype_policy
         k = growth_rate
@@ -112,14 +278,22 @@ class RecomputedDenseBlock(keras.layers.Layer):
                 dtype=dtype,
             )
 
-        def conv(filters, size, name):
+        def conv(filters, size, name, **options):
+            options.setdefault('padding', 'same')
             return keras.layers.Conv2D(
-                filters, size, padding='same', use_bias=False, name=name, dtype=dtype
+                filters, size, use_bias=False, name=name, dtype=dtype, **options
             )
 
-        # In the plain model's weight order: per dense layer BN, 1x1 conv, BN, 3x3 conv;
-        # then the transition's BN and 1x1 conv. ('same' padding is 'valid' for 1x1.)
+        # In the plain model's weight order: the stem's conv and BN; per dense layer BN,
+        # 1x1 conv, BN, 3x3 conv; then the transition's BN and 1x1 conv. ('same' padding
+        # is 'valid' for 1x1.)
         parts = []
+        if stem:
+            parts += [
+                conv(channels, 7, 'conv1_conv', strides=2, padding='valid'),
+                norm('conv1_bn'),
+            ]
+        self._first = len(parts)
         for i in range(num_layers):
             name = f'{prefix}_block{i + 1}'
             parts += [
@@ -131,6 +305,13 @@ class RecomputedDenseBlock(keras.layers.Layer):
         if transition:
             parts += [norm(f'{transition}_bn'), conv(self._channels_out(), 1, f'{transition}_conv')]
         self._parts = parts
+        if not keras.__version__.startswith('2.'):
+            # Keras 3 keeps a list of layers in a list of its own that TensorFlow's
+            # checkpoints do not follow: without a dependency each, a checkpoint held
+            # only what the optimizer tracks (no moving statistics), and a run could
+            # not resume. Keras 2 wraps the list in a tracked one itself.
+            for part in parts:
+                self._track_trackable(part, name=part.name)
 
     @property
     def layers(self) -> List[keras.layers.Layer]:
@@ -149,12 +330,13 @@ class RecomputedDenseBlock(keras.layers.Layer):
 
     def _dense_layer(self, i: int):
         """(BN, conv1x1, BN, conv3x3) of dense layer i."""
-        return self._parts[4 * i : 4 * i + 4]
+        start = self._first + 4 * i
+        return self._parts[start : start + 4]
 
     def build(self, input_shape):
         shape = list(input_shape[:-1])
         k = self.growth_rate
-        widths = []
+        widths = [input_shape[-1], self.channels] if self.stem else []
         for i in range(self.num_layers):
             widths += [self.channels + i * k] * 2 + [4 * k] * 2
         if self.transition:
@@ -168,7 +350,12 @@ class RecomputedDenseBlock(keras.layers.Layer):
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self._channels_out(),)
+        batch, height, width = input_shape[:3]
+        if self.stem:  # 7x7/2 'valid' conv, then 3x3/2 max pool after padding by 1.
+            height, width = (_stem_size(side) for side in (height, width))
+        if self.pool:  # 2x2/2 average pool.
+            height, width = (None if side is None else side // 2 for side in (height, width))
+        return (batch, height, width, self._channels_out())
 
     def call(self, inputs, training=None):
         if training:
@@ -177,6 +364,9 @@ class RecomputedDenseBlock(keras.layers.Layer):
 
     def _infer(self, x):
         """The plain model's computation, layer by layer (no recomputation needed)."""
+        if self.stem:
+            conv, norm = self._parts[:2]
+            x = _max_pool(tf.nn.relu(norm(conv(x), training=False)))
         for i in range(self.num_layers):
             norm0, conv1, norm1, conv2 = self._dense_layer(i)
             y = conv1(tf.nn.relu(norm0(x, training=False)))
@@ -185,9 +375,13 @@ class RecomputedDenseBlock(keras.layers.Layer):
         if self.transition:
             norm, conv = self._parts[-2:]
             x = conv(tf.nn.relu(norm(x, training=False)))
+            if self.pool:
+                x = _average_pool(x)
         return x
 
     def _train(self, x):
+        if self.stem:
+            x = self._train_stem(x)
         features = [x]
         # The moments of the concatenation so far, grown by one part per layer: each
         # part's moments then feed two ops (this layer and the next concatenation),
@@ -203,7 +397,7 @@ class RecomputedDenseBlock(keras.layers.Layer):
                 # Drawn here, once per call, so that the recomputation draws the same
                 # masks. Float, because recompute_grad watches its arguments; whole
                 # numbers below 2^24 are exact in float32.
-                seeds = [tf.cast(tf.random.uniform([2, 2], 0, 2**24, tf.int32), tf.float32)]
+                seeds = [_seed()]
             y, mean1, variance1, *features = self._recomputed(self._dense_layer_fn(i))(
                 mean, variance, *seeds, *features
             )
@@ -216,15 +410,42 @@ class RecomputedDenseBlock(keras.layers.Layer):
             return _concat(features)
         norm, conv = self._parts[-2:]
         batch_norm.update_moving_statistics(norm, mean, variance, count)
-        compute_dtype = self.compute_dtype
+        compute_dtype, pool = self.compute_dtype, self.pool
+        rate = self.dropout_rate if pool else 0.0
+        seeds = [_seed()] if rate > 0 else []
 
-        def transition(mean, variance, *features):
-            return _bn_relu_conv(_concat(features), norm, conv, mean, variance, compute_dtype)
+        def transition(mean, variance, *args):
+            seeds, features = (args[:1], args[1:]) if rate > 0 else ((), args)
+            y = _bn_relu_conv(_concat(features), norm, conv, mean, variance, compute_dtype)
+            if rate > 0:
+                y = _dropout(y, rate, seeds[0][0])
+            # Pooled inside, the forward pass keeps only the pooled output.
+            return _average_pool(y) if pool else y
 
-        return self._recomputed(transition)(mean, variance, *features)
+        return self._recomputed(transition)(mean, variance, *seeds, *features)
+
+    def _train_stem(self, images):
+        """The stem's conv-BN-ReLU-max pool, recomputed: it keeps only its input and output.
+
+        Its batch norm's moments are computed inside (its input exists only there) and
+        returned for the moving averages, as a dense layer's second batch norm does.
+        Recomputed, the backward pass is written out (`_recomputed_stem`): autodiff of
+        the recomputation would hold about seven 112x112x64 tensors at once.
+        """
+        conv, norm = self._parts[:2]
+        kernel = tf.cast(conv.kernel, self.compute_dtype)
+        gamma, beta = tf.cast(norm.gamma, tf.float32), tf.cast(norm.beta, tf.float32)
+        if self.recompute:
+            x, mean, variance = _recomputed_stem(images, kernel, gamma, beta, norm.epsilon)
+        else:
+            x, mean, variance = _stem(images, kernel, gamma, beta, norm.epsilon)[-3:]
+        shape = tf.shape(images)
+        count = shape[0] * ((shape[1] - 7) // 2 + 1) * ((shape[2] - 7) // 2 + 1)
+        batch_norm.update_moving_statistics(norm, mean, variance, count)
+        return x
 
     def _recomputed(self, function):
-        return tf.recompute_grad(function) if self.recompute else function
+        return recompute_grad(function) if self.recompute else function
 
     def _dense_layer_fn(self, i: int):
         """Dense layer i as a pure function of (moments, [seeds,] features).
@@ -239,7 +460,7 @@ class RecomputedDenseBlock(keras.layers.Layer):
         compute_dtype, rate = self.compute_dtype, self.dropout_rate
 
         def dropout(y, seed):
-            return tf.nn.experimental.stateless_dropout(y, rate, tf.cast(seed, tf.int32))
+            return _dropout(y, rate, seed)
 
         def dense_layer(mean, variance, *args):
             seeds, features = (args[0], args[1:]) if rate > 0 else (None, args)
@@ -265,6 +486,8 @@ class RecomputedDenseBlock(keras.layers.Layer):
             reduction=self.reduction,
             dropout_rate=self.dropout_rate,
             batch_norm_momentum=self.batch_norm_momentum,
+            pool=self.pool,
+            stem=self.stem,
             recompute=self.recompute,
         )
         return config
