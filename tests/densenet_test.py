@@ -349,7 +349,8 @@ def test_memory_efficient_has_the_plain_weights(ours121):
     assert [tuple(w.shape) for w in efficient.weights] == [tuple(w.shape) for w in ours121.weights]
     assert efficient.count_params() == 8_062_504
     assert _num_params(efficient.trainable_weights) == 7_978_856
-    # The dense blocks and transitions are recomputed; the stem and classifier are not.
+    # The stem, dense blocks and transitions are recomputed (the stem inside conv2's
+    # block); the classifier is not.
     recomputed = [l for l in efficient.layers if 'recomputed' in l.name]
     assert [l.name for l in recomputed] == [f'conv{i}_recomputed' for i in (2, 3, 4, 5)]
 

@@ -122,9 +122,9 @@ class RunConfig:
     )
     memory_efficient: bool = _option(
         False,
-        'Recompute BN-ReLU-conv of dense layers in the backward pass: far less activation '
-        'memory for about a fifth more time; the same weights, but checkpoints laid out '
-        'differently, so a run keeps the setting it started with.',
+        'Recompute the stem, dense layers and transitions in the backward pass: about 0.28x '
+        'the memory of a step for a few percent more time; the same weights, but checkpoints '
+        'laid out differently, so a run keeps the setting it started with.',
     )
     # Data processing.
     data_layout: str = _option(
