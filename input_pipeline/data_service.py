@@ -646,7 +646,7 @@ def watched(state, timeout: float):
         ),
     )
     with watchdog:
-        yield watchdog.guard
+        yield watchdog
 
 
 def new_job_prefix() -> str:
