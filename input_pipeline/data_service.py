@@ -77,6 +77,9 @@ _WORKER_LIST_ID = 'densenet-worker-list'
 # After SIGTERM or SIGINT, how long the trainer waits for a batch before it writes the
 # checkpoint itself (the training loop cannot reach its boundary without batches).
 _SIGNAL_GRACE_SECONDS = 3.0
+# After how long a wait for a batch (once batches have come) the log says so, before
+# `--data_service_timeout` ends the run: an operator sees the stall as it begins.
+_NOTICE_SECONDS = 5.0
 
 
 def parse_address(address: str, flag: str = 'data_service_address') -> tuple[str, int]:
@@ -424,6 +427,7 @@ class Watchdog:
         self.in_loop = False
         self.signal_name, self.signal_time = None, 0.0
         self.entered = 0.0
+        self._noticed = None  # The start of the wait the log last reported.
         self._stop = threading.Event()
         self._wakeup = None
         self._thread = threading.Thread(
@@ -555,6 +559,14 @@ class Watchdog:
             if self.signal_name and now - since >= _SIGNAL_GRACE_SECONDS:
                 self._stop_on_signal(now - since)
             any_batch = any(stream.produced for stream in self.streams)
+            if any_batch and now - since >= _NOTICE_SECONDS and self._noticed != since:
+                self._noticed = since
+                logging.warning(
+                    'The training loop has waited %.0f s for a batch from the tf.data '
+                    'service; it stops after %.0f s (--data_service_timeout)',
+                    now - since,
+                    self.timeout,
+                )
             if now - since >= self.timeout and (
                 any_batch or any(':' in w and not answers(w) for w in self.workers)
             ):

@@ -329,7 +329,10 @@ def test_main_survives_lost_workers_and_resumes_bit_identical_to_local(digits_di
         run = Started(served, timeout=150)
         run.wait_for(rf'step {first_stop + 6}/')
         servers[-1].send_signal(signal.SIGSTOP)
-        time.sleep(8)  # past an evaluation, should the loop have reached one
+        # Once the batches already buffered are trained on (how many follows the machine's
+        # load: a fixed sleep here once sent the signal mid-loop on CI), the watchdog says
+        # that the loop waits.
+        waiting = run.wait_for(r'has waited (\d+) s for a batch from the tf.data service')
         run.process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         status = run.finish()
@@ -340,6 +343,7 @@ def test_main_survives_lost_workers_and_resumes_bit_identical_to_local(digits_di
     assert any('Resumed from' in line and f'ckpt-{first_stop}' in line for line in run.lines)
     assert status == errors.EXIT_STOPPED, run.tail()
     assert _last_line(run).startswith('main.py: SIGTERM while the training loop waited'), run.tail()
+    assert 5 <= int(waiting.group(1)) < 30, run.tail()
     assert seconds < 15, run.tail()
     stopped_at = max(checkpoints(served_dir))
     assert first_stop + 6 <= stopped_at < 46 and f'ckpt-{stopped_at} written' in _last_line(run)
