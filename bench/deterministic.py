@@ -19,7 +19,7 @@ pooled. The figures are medians over `--rounds`.
 With `--portable` both runs are deterministic and the second is made under
 `trainer/cpu_isa.PORTABLE_ENV` (oneDNN's ops off, its kernels capped at AVX, one
 intra-op thread), under which a run's bits do not depend on the core count or the ISA
-(not on every CPU model: `trainer/cpu_isa.py`): what that
+(not on every CPU model: `trainer/devices/cpu_isa.py`): what that
 costs against a deterministic run as TensorFlow sets itself up. The cost grows with the
 cores a machine has, since the portable run uses one per op.
 
@@ -42,7 +42,7 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from trainer import cpu_isa  # The repository's: ROOT is on the path above.
+from trainer.devices import cpu_isa  # The repository's: ROOT is on the path above.
 
 flags.DEFINE_string('model', 'densenet121', 'Model name.')
 flags.DEFINE_integer('image_size', 64, 'Input side in pixels.')

@@ -234,7 +234,7 @@ def eval_limit_pipeline(jpegs, image_size, batch_size) -> tf.data.Dataset:
 
 def step_normalize_us(image_size: int, batch_size: int, dtype, repeats: int) -> float:
     """CPU microseconds per image of the train step's `model_input` on a uint8 batch."""
-    from trainer import step as step_lib  # noqa: PLC0415
+    from trainer.engine import step as step_lib  # noqa: PLC0415
 
     images = tf.cast(
         tf.random.stateless_uniform(

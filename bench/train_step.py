@@ -163,7 +163,7 @@ def _synthetic(dataset_lib, dtype, image_size: int, batch_size: int, for_fit: bo
     )
     if not for_fit:
         return data
-    from trainer import step as step_lib  # pylint: disable=g-import-not-at-top
+    from trainer.engine import step as step_lib  # pylint: disable=g-import-not-at-top
 
     normalised = data.take(1).map(
         lambda images, labels: (step_lib.model_input(images, dtype), labels)
@@ -174,14 +174,14 @@ def _synthetic(dataset_lib, dtype, image_size: int, batch_size: int, for_fit: bo
 def _our_loop(model, optimizer, batch_size: int, jit_compile: bool):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    from trainer import loop  # pylint: disable=g-import-not-at-top
-    from trainer import precision  # pylint: disable=g-import-not-at-top
-    from trainer import step as step_lib  # pylint: disable=g-import-not-at-top
+    from trainer.engine import loop  # pylint: disable=g-import-not-at-top
+    from trainer.optimization import loss_scaling  # pylint: disable=g-import-not-at-top
+    from trainer.engine import step as step_lib  # pylint: disable=g-import-not-at-top
 
     train_step = step_lib.TrainStep(
         model,
         optimizer,
-        loss_scaler=precision.create_loss_scaler(FLAGS.precision),
+        loss_scaler=loss_scaling.create_loss_scaler(FLAGS.precision),
         global_batch_size=batch_size,
         weight_decay=0.0,
     )

@@ -7,6 +7,12 @@ variants match Keras Applications weight for weight; DenseNet-BC serves small
 images and tests.
 """
 
-from densenet.models import MODEL_NAMES, all_layers, check_image_size, create_model
+from densenet.models import (
+    MODEL_NAMES,
+    ModelError,
+    all_layers,
+    check_image_size,
+    create_model,
+)
 
-__all__ = ['MODEL_NAMES', 'all_layers', 'check_image_size', 'create_model']
+__all__ = ['MODEL_NAMES', 'ModelError', 'all_layers', 'check_image_size', 'create_model']

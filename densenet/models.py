@@ -23,7 +23,12 @@ import keras
 
 from densenet import blocks
 from densenet import recompute
-from trainer import errors
+
+
+class ModelError(ValueError):
+    """A model that cannot be built as asked: an unknown name, a too small image, a bad
+    precision, dropout rate or class count. The message names the value."""
+
 
 # name -> (growth rate k, layers in each of the 4 dense blocks); paper Table 1.
 IMAGENET_VARIANTS: Dict[str, Tuple[int, Tuple[int, int, int, int]]] = {
@@ -87,8 +92,8 @@ def _parse_bc(name: str) -> Optional[Tuple[int, int]]:
     return depth, growth
 
 
-def _unknown_name_error(name: str) -> ValueError:
-    return errors.UserError(
+def _unknown_name_error(name: str) -> ModelError:
+    return ModelError(
         f'Unknown model name {name!r}; valid names: {", ".join(MODEL_NAMES)}, '
         'or densenet_bc_{depth}_{growth} with (depth - 4) % 6 == 0 and '
         'depth >= 10.'
@@ -212,7 +217,7 @@ def check_image_size(name: str, image_size: int) -> None:
     """
     min_size = 4 if name not in IMAGENET_VARIANTS and _parse_bc(name) else 32
     if image_size < min_size:
-        raise errors.UserError(f'{name} needs image_size >= {min_size}, got {image_size}.')
+        raise ModelError(f'{name} needs image_size >= {min_size}, got {image_size}.')
 
 
 def create_model(
@@ -257,11 +262,11 @@ def create_model(
       ValueError: for an unknown name or an invalid argument.
     """
     if precision not in _POLICIES:
-        raise errors.UserError(f'precision must be one of {sorted(_POLICIES)}, got {precision!r}.')
+        raise ModelError(f'precision must be one of {sorted(_POLICIES)}, got {precision!r}.')
     if not 0.0 <= dropout_rate < 1.0:
-        raise errors.UserError(f'dropout_rate must be in [0, 1), got {dropout_rate}.')
+        raise ModelError(f'dropout_rate must be in [0, 1), got {dropout_rate}.')
     if num_classes < 1:
-        raise errors.UserError(f'num_classes must be positive, got {num_classes}.')
+        raise ModelError(f'num_classes must be positive, got {num_classes}.')
     bc = None if name in IMAGENET_VARIANTS else _parse_bc(name)
     if name not in IMAGENET_VARIANTS and bc is None:
         raise _unknown_name_error(name)

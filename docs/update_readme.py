@@ -5,12 +5,12 @@
 
 A run writes `docs/demo_log.txt` (the console of `python main.py --flagfile=demo.cfg`
 in a fresh folder, as a user sees it, after a header naming the machine) and
-`docs/demo_curves.png` (`python -m trainer.plot` of that run). README.md is then
+`docs/demo_curves.png` (`python -m trainer.tools.plot` of that run). README.md is then
 rendered from them and from `trainer/config.py`:
 
 - the sample log in "Watching a run": the banner, the first two log lines and the
   first evaluation line of the demo's log, without their log prefixes;
-- the demo's row of "Measured results": its final top-1, top-5, loss and weights
+- the demo's row of "Measured results": its final top-1, top-5, cross-entropy and weights
   fingerprint, and the machine;
 - the default column of the flags table: each flag's default as `--helpfull` shows it.
 
@@ -69,7 +69,13 @@ def run_demo(log_path: str = DEMO_LOG, curves_path: str = DEMO_CURVES) -> None:
             stream.write(header + done.stderr + done.stdout)
         # From the run's folder, so that the picture's title is README's demo_run/model.
         subprocess.run(
-            [sys.executable, '-m', 'trainer.plot', 'demo_run/model', f'--output={curves_path}'],
+            [
+                sys.executable,
+                '-m',
+                'trainer.tools.plot',
+                'demo_run/model',
+                f'--output={curves_path}',
+            ],
             cwd=folder,
             env={**os.environ, 'PYTHONPATH': ROOT},
             check=True,
@@ -99,13 +105,15 @@ def result(log: str) -> dict:
     header = lines[0]
     final = [line for line in lines if line.startswith('Validation top-1 ')][-1]
     figures = re.match(
-        r'Validation top-1 ([\d.]+), top-5 ([\d.]+), loss ([\d.]+) over (\d+) examples', final
+        r'Validation top-1 ([\d.]+), top-5 ([\d.]+), cross-entropy ([\d.]+) over (\d+) '
+        r'examples',
+        final,
     )
     fingerprint = [line for line in lines if line.startswith('Trainable weights fingerprint')]
     return {
         'top1': float(figures.group(1)),
         'top5': float(figures.group(2)),
-        'loss': figures.group(3),
+        'cross_entropy': figures.group(3),
         'examples': int(figures.group(4)),
         'fingerprint': fingerprint[-1].rsplit(': ', 1)[1],
         'machine': re.search(r' on (.+), TensorFlow ([\d.]+), ', header).group(1, 2),
@@ -120,7 +128,7 @@ def result_row(log: str) -> str:
         '| demo: final validation top-1 | `python main.py --flagfile=demo.cfg` (deterministic, '
         f'`--seed=1`), by `docs/update_readme.py` on {cpu}, TensorFlow {version} | '
         f'{100 * figures["top1"]:.2f}% ({correct} of {figures["examples"]}), top-5 '
-        f'{100 * figures["top5"]:.0f}%, loss {figures["loss"]}; weights fingerprint '
+        f'{100 * figures["top5"]:.0f}%, cross-entropy {figures["cross_entropy"]}; weights fingerprint '
         f'`{figures["fingerprint"]}` (`docs/demo_log.txt`) |'
     )
 

@@ -13,3 +13,15 @@ writer.py          images (or a folder per class) -> TFRecord shards in the slim
 build_imagenet.py  the ILSVRC2012 downloads (tars or folders) -> verified slim shards
 digits.py          the bundled demo dataset, built from scikit-learn's digits scans
 """
+
+# The on-disk layouts a dataset folder may have (formats.py); --data_layout's choices.
+LAYOUTS = ('slim', 'tpu', 'tfds')
+
+
+class DataError(ValueError):
+    """The data, or where it is said to be, is not what the pipeline can read: a bad label,
+    image, record, layout or address, described in one line naming the file or flag."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A dataset folder or file that is named is not there."""

@@ -11,7 +11,7 @@ are left out, other files too, with a warning.
 Labels: the train class folders sorted by name (Python's sorted on the folder name),
 class k of that order gets label k, 1-based (TF-slim's convention; the trainer reads
 it with label offset 1, `formats.find_dataset`). Each record stores its folder name as
-synset and as text, so exports and `trainer.predict` print folder names.
+synset and as text, so exports and `trainer.tools.predict` print folder names.
 `classes.txt` in the output folder lists the classes, line k = label k.
 
 Validation: `photos/val/` when there is one (every class there must be a train class).

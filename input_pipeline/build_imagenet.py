@@ -559,7 +559,10 @@ def class_labels(synsets: Sequence[str] | None = None) -> dict[str, int]:
 
 
 def _check_classes(
-    train: Sequence[image_files.Source], validation: Sequence[image_files.Source], labels: dict, where: str
+    train: Sequence[image_files.Source],
+    validation: Sequence[image_files.Source],
+    labels: dict,
+    where: str,
 ) -> None:
     """Every image's synset must have a label: a stranger would otherwise get none.
 
@@ -767,9 +770,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, int]:
     return counts
 
 
-if __name__ == '__main__':
+def run(argv: Sequence[str] | None = None) -> int:
+    """The command: `main`, with a refusal printed as one line and exit status 1."""
     try:
-        main()
+        main(argv)
     except (ValueError, FileNotFoundError, tarfile.TarError) as error:
         print(f'build_imagenet: error: {error}', file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(run())

@@ -57,7 +57,8 @@ import uuid
 
 from absl import logging
 
-from trainer import errors
+from base import errors
+from input_pipeline import DataError
 
 # How long the trainer waits for the dispatcher and every worker to answer at start.
 _PROBE_SECONDS = 60.0
@@ -87,7 +88,7 @@ def parse_address(address: str, flag: str = 'data_service_address') -> tuple[str
     rest = address.split('://', 1)[1] if '://' in address else address
     host, _, port = rest.rpartition(':')
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise errors.UserError(f'--{flag}={address} is not HOST:PORT (for example cpu0:5050)')
+        raise DataError(f'--{flag}={address} is not HOST:PORT (for example cpu0:5050)')
     return host, int(port)
 
 
@@ -102,7 +103,7 @@ def check_reachable(address: str, timeout: float = 10.0) -> None:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as error:
-        raise errors.UserError(
+        raise DataError(
             f'--data_service_address={address}: no tf.data service dispatcher answers '
             f'({error.strerror or error}); start one with '
             '`python -m input_pipeline.data_service dispatcher`'
@@ -133,9 +134,7 @@ def count_workers(address: str, timeout: float = _PROBE_SECONDS) -> int:
     while time.monotonic() < deadline:
         found = _read_within(probe, deadline - time.monotonic())
         if isinstance(found, Exception):
-            raise errors.UserError(
-                f'--data_service_address={address}: {errors.one_line(found)}'
-            ) from None
+            raise DataError(f'--data_service_address={address}: {errors.one_line(found)}') from None
         if found:
             answered = {int(index) for index, _ in found}
             listed = int(found[0][1])
@@ -143,7 +142,7 @@ def count_workers(address: str, timeout: float = _PROBE_SECONDS) -> int:
                 return listed
         time.sleep(1.0)
     missing = f'{listed - len(answered)} of its {listed}' if listed else 'its'
-    raise errors.UserError(
+    raise DataError(
         f'--data_service_address={address}: {missing} workers did not answer within '
         f'{timeout:.0f} s; start every worker the dispatcher lists in --workers'
     )
@@ -377,7 +376,7 @@ def answers(address: str, timeout: float = 3.0) -> bool:
         host, port = parse_address(address)
         with socket.create_connection((host, port), timeout=timeout):
             return True
-    except (OSError, errors.UserError):
+    except (OSError, DataError):
         return False
 
 
@@ -395,7 +394,7 @@ class Watchdog:
     TensorFlow, where Python cannot interrupt it; it acts only while the loop waits for
     a batch (inside `guard`), never during a checkpoint, evaluation or export. For the
     same reason it watches SIGTERM and SIGINT (`signal.set_wakeup_fd`, which the signal
-    reaches while the handler of `trainer/preemption.py` cannot run): once the loop
+    reaches while the handler of `trainer/engine/preemption.py` cannot run): once the loop
     has waited `_SIGNAL_GRACE_SECONDS` for a batch and a signal has come, it writes the
     checkpoint of the steps done, as the loop boundary would, and exits with
     `errors.EXIT_STOPPED`. The loop, waiting for its next batch, has finished its
@@ -454,7 +453,7 @@ class Watchdog:
                 found = re.search(re.escape(_BEHIND) + r'\D*(\d+)', str(error))
                 if not found:
                     raise
-                raise errors.UserError(self.message(behind=int(found.group(1)))) from None
+                raise DataError(self.message(behind=int(found.group(1)))) from None
             finally:
                 self.in_loop = False
 
@@ -541,7 +540,7 @@ class Watchdog:
                     data = self._wakeup[0].recv(64)
                     if self._wakeup[2] != -1:
                         # Passed on to the fd this replaced: the preemption watcher's,
-                        # which times the signal from its arrival (trainer/preemption.py).
+                        # which times the signal from its arrival (trainer/engine/preemption.py).
                         try:
                             os.write(self._wakeup[2], data)
                         except OSError:
@@ -570,7 +569,7 @@ class Watchdog:
             if now - since >= self.timeout and (
                 any_batch or any(':' in w and not answers(w) for w in self.workers)
             ):
-                self._exit(errors.UserError(self.message(waited=now - since)), 1)
+                self._exit(DataError(self.message(waited=now - since)), 1)
 
     def _steps_done(self):
         """The steps whose updates the variables hold, or None where that is not known.
@@ -611,7 +610,7 @@ class Watchdog:
     def _exit(what, status: int) -> None:
         """Ends the process from this thread: the main thread waits inside TensorFlow."""
         logging.flush()
-        if isinstance(what, errors.UserError):
+        if isinstance(what, DataError):
             print(f'main.py: error: {errors.one_line(what)}', file=sys.stderr, flush=True)
         else:
             print(f'main.py: {what}', file=sys.stderr, flush=True)
@@ -652,7 +651,7 @@ def watched(state, timeout: float):
         start_step=state.step,
         batches_per_step=state.strategy.num_replicas_in_sync,
         # Several training processes must write a checkpoint together (see
-        # trainer/preemption.py): there, the last one is kept.
+        # trainer/engine/preemption.py): there, the last one is kept.
         can_save=not isinstance(
             state.strategy, (tf.distribute.MultiWorkerMirroredStrategy, tf.distribute.TPUStrategy)
         ),
@@ -732,11 +731,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    with errors.reported():
+    with errors.reported(user_errors=(DataError,)):
         if args.role == 'dispatcher':
             workers = [w for w in args.workers.split(',') if w]
             if not workers:
-                raise errors.UserError('--workers lists no HOST:PORT')
+                raise DataError('--workers lists no HOST:PORT')
             for address in workers:
                 parse_address(address, 'workers')
             server = serve_dispatcher(args.port, workers, args.work_dir)

@@ -37,7 +37,7 @@ from input_pipeline import records
 from input_pipeline import seeds
 from input_pipeline.preprocessing import EvalPreprocessing
 from input_pipeline.preprocessing import TrainPreprocessing
-from trainer import errors
+from input_pipeline import DataError
 
 # Files read at once. Fixed rather than tied to the file count, so the interleaved order
 # depends on the seed and the file list only.
@@ -90,7 +90,7 @@ def _pipeline_layout(
     num_pipelines = input_context.num_input_pipelines
     num_replicas = input_context.num_replicas_in_sync
     if num_replicas % num_pipelines:
-        raise errors.UserError(
+        raise DataError(
             f'{num_replicas} replicas cannot be split evenly over {num_pipelines} input pipelines'
         )
     return num_pipelines, input_context.input_pipeline_id, num_replicas // num_pipelines
@@ -113,7 +113,7 @@ def _check_enough_records(files: tf.data.Dataset, needed: int, skip_bad_records:
     )
     if found < needed:
         first = next(iter(files.take(1)))[0].numpy().decode()
-        raise errors.UserError(
+        raise DataError(
             f'the train files hold {found} records, fewer than one step needs ({needed}): '
             f'lower the batch size or add data ({first} ...)'
         )
@@ -179,18 +179,18 @@ def train_dataset(
       element: the batch's position in the stream.
 
     Raises:
-      UserError: when `files` is empty or holds fewer records than one step needs, or
+      DataError: when `files` is empty or holds fewer records than one step needs, or
         when `skip_batches` is not within the epoch.
     """
     skip_bad_records = preprocessing.records.skip_bad_records
     if not files:
-        raise errors.UserError('no train files given')
+        raise DataError('no train files given')
     if batches_per_epoch is not None and not 0 <= skip_batches < batches_per_epoch:
-        raise errors.UserError(
+        raise DataError(
             f'skip_batches={skip_batches} is not within an epoch of {batches_per_epoch} batches'
         )
     if for_data_service and (batches_per_epoch is None or skip_bad_records):
-        raise errors.UserError(
+        raise DataError(
             'a training stream for the tf.data service needs batches_per_epoch and cannot '
             'skip bad records'
         )

@@ -30,10 +30,8 @@ import tensorflow as tf
 from absl import logging
 from google.protobuf import message
 from input_pipeline import records
-from trainer import config as config_lib
-from trainer import errors
+from input_pipeline import LAYOUTS, DataError, MissingDataError
 
-LAYOUTS = config_lib.LAYOUTS  # The flag's choices, defined with it (trainer/config.py).
 SPLITS = ('train', 'validation')
 
 
@@ -115,7 +113,7 @@ def split_pattern(dataset_dir: str, layout: str, split: str) -> str:
         # `{name}-{split}.tfrecord-00000-of-01024`, the name being `imagenet2012` for
         # ImageNet (and, for a TFDS data_dir, in `imagenet2012/5.1.0/` below it).
         return os.path.join(dataset_dir, f'*-{split}.tfrecord-*-of-*')
-    raise errors.UserError(f'unknown data layout {layout!r}: expected one of {", ".join(LAYOUTS)}')
+    raise DataError(f'unknown data layout {layout!r}: expected one of {", ".join(LAYOUTS)}')
 
 
 # The numbering every layout gives its shards: `...-00003-of-01024`.
@@ -127,11 +125,11 @@ def check_folder(dataset_dir: str) -> None:
     if tf.io.gfile.isdir(dataset_dir):
         return
     if tf.io.gfile.exists(dataset_dir):
-        raise errors.UserError(
+        raise DataError(
             f'dataset directory {dataset_dir} is a file, not a folder: give the folder '
             'that holds the TFRecord shards'
         )
-    raise errors.MissingFileError(f'dataset directory {dataset_dir} does not exist')
+    raise MissingDataError(f'dataset directory {dataset_dir} does not exist')
 
 
 def check_shards(files: Sequence[str]) -> None:
@@ -145,7 +143,7 @@ def check_shards(files: Sequence[str]) -> None:
     than it has examples) are read as they are, with a warning naming them.
 
     Raises:
-      UserError: naming a file of another build.
+      DataError: naming a file of another build.
     """
     numbered = {}
     for path in files:
@@ -155,13 +153,13 @@ def check_shards(files: Sequence[str]) -> None:
     counts = sorted({count for _, count in numbered.values()})
     if len(counts) > 1:
         examples = [next(p for p, (_, n) in numbered.items() if n == count) for count in counts]
-        raise errors.UserError(
+        raise DataError(
             f'shards of {len(counts)} builds side by side: {examples[0]} is one of '
             f'{counts[0]}, {examples[1]} one of {counts[1]}: keep one set of files'
         )
     for path, (index, count) in numbered.items():
         if index >= count:
-            raise errors.UserError(
+            raise DataError(
                 f'{path} is numbered past its count (shards of {count} run from 0 to '
                 f'{count - 1}): a file of another build, or renamed; remove it'
             )
@@ -222,7 +220,7 @@ def _first_record(files: Sequence[str]) -> tuple[Optional[tf.train.Example], str
             reason = getattr(error, 'message', None) or str(error) or type(error).__name__
             damaged = damaged or f'TFRecord file {filename} is truncated or corrupt: {reason}'
     if damaged:
-        raise errors.UserError(damaged)
+        raise DataError(damaged)
     return None, ''
 
 
@@ -237,7 +235,7 @@ def schema_of(example: tf.train.Example, filename: str = '') -> RecordSchema:
     for schema in SCHEMAS:
         if schema.image_key in keys and schema.label_key in keys:
             return schema
-    raise errors.UserError(
+    raise DataError(
         f'{filename}: records hold neither the TF-slim keys (image/encoded, '
         f'image/class/label) nor the TFDS keys (image, label), but {sorted(keys)}'
     )
@@ -249,7 +247,7 @@ def list_files(dataset_dir: str, split: str, *, layout: str = 'slim') -> list[st
     `find_dataset` for that split alone, with its checks: the one place shards are found.
 
     Raises:
-      MissingFileError: when the folder is missing or no file matches.
+      MissingDataError: when the folder is missing or no file matches.
     """
     return list(find_dataset(dataset_dir, layout=layout, splits=(split,)).files(split))
 
@@ -287,9 +285,7 @@ def find_dataset(
     """
     check_folder(dataset_dir)
     if layout not in ('auto',) + LAYOUTS:
-        raise errors.UserError(
-            f'--data_layout={layout}: expected auto or one of {", ".join(LAYOUTS)}'
-        )
+        raise DataError(f'--data_layout={layout}: expected auto or one of {", ".join(LAYOUTS)}')
     candidates = LAYOUTS if layout == 'auto' else (layout,)
     found = {}
     for name in candidates:
@@ -302,17 +298,17 @@ def find_dataset(
                 found[name] = (folder, files)
                 break
     if len(found) > 1:
-        raise errors.UserError(
+        raise DataError(
             f'{dataset_dir} holds shards of several layouts ({", ".join(found)}): '
             'choose one with --data_layout'
         )
     if not found:
         patterns = ', '.join(split_pattern(dataset_dir, name, splits[0]) for name in candidates)
-        raise errors.MissingFileError(f'no TFRecords in {dataset_dir}: nothing matches {patterns}')
+        raise MissingDataError(f'no TFRecords in {dataset_dir}: nothing matches {patterns}')
     ((name, (folder, files)),) = found.items()
     for split in splits:
         if not files[split]:
-            raise errors.MissingFileError(
+            raise MissingDataError(
                 f'no {split} TFRecords in {folder}: nothing matches '
                 f'{split_pattern(folder, name, split)}'
             )

@@ -142,7 +142,7 @@ def encoded_jpeg(data: bytes, name: str) -> tuple[bytes, int, int]:
     import tensorflow as tf  # noqa: PLC0415  (see the module's docstring)
 
     from input_pipeline import decode  # noqa: PLC0415
-    from trainer import errors  # noqa: PLC0415  (its one_line drops TensorFlow's op names)
+    from base import errors  # noqa: PLC0415  (its one_line drops TensorFlow's op names)
 
     try:
         problem = decode.image_problem(data).numpy().decode()

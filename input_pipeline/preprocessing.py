@@ -41,7 +41,7 @@ from input_pipeline import seeds as seeds_lib
 
 # The version of what records become. A run resumed by code of another version goes on
 # with this code's batches and says so in one line (`version_change`); checkpoints
-# record the version they were made with (trainer/checkpoint.py), those without it
+# record the version they were made with (trainer/artifacts/checkpoint.py), those without it
 # being version 1.
 #   1: normalised float images in the compute dtype, flipped before the resize.
 #   2: uint8 images, rounded after the resize and flipped after it; colour jitter and

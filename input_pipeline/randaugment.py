@@ -18,7 +18,7 @@ from typing import Callable
 
 import tensorflow as tf
 from input_pipeline import augment
-from trainer import errors
+from input_pipeline import DataError
 
 MAX_MAGNITUDE = 10.0
 
@@ -197,7 +197,7 @@ def randaugment(
       uint8 `[H, W, 3]`.
     """
     if not 0 <= magnitude <= MAX_MAGNITUDE:
-        raise errors.UserError(f'RandAugment magnitude {magnitude} is not in [0, {MAX_MAGNITUDE:g}]')
+        raise DataError(f'RandAugment magnitude {magnitude} is not in [0, {MAX_MAGNITUDE:g}]')
     image = tf.convert_to_tensor(image)
     shape = image.shape
     seeds = tf.random.experimental.stateless_split(seed, 2 * max(num_layers, 1))

@@ -59,7 +59,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from input_pipeline import build_folders, image_files
+from input_pipeline import DataError, MissingDataError, build_folders, image_files
 
 # A class with fewer images than this in a split is a warning: too few to learn from
 # (train) or to measure (validation); 5 is a floor, not a recommendation.
@@ -153,7 +153,7 @@ def _checks():
 
 def _op_error(error: Exception) -> str:
     """TensorFlow's error as one line, without its function and op names."""
-    from trainer import errors
+    from base import errors
 
     return errors.one_line(error)
 
@@ -527,14 +527,13 @@ def _find_records(dataset_dir: str, label_offset: int | None) -> Dataset | None:
     if not _shard_names_exist(dataset_dir):
         return None
     from input_pipeline import formats
-    from trainer import errors
 
     for splits in (SPLITS, SPLITS[:1], SPLITS[1:]):
         try:
             found = formats.find_dataset(dataset_dir, label_offset=label_offset, splits=splits)
-        except errors.MissingFileError:
+        except MissingDataError:
             continue
-        except errors.UserError as error:
+        except DataError as error:
             raise DatasetError(str(error)) from error
         groups = {split: list(found.files(split)) for split in SPLITS if found.files(split)}
         return Dataset(

@@ -30,9 +30,9 @@ from sklearn import datasets as sklearn_datasets
 import densenet
 from input_pipeline import augment
 from input_pipeline import writer
-from trainer import export
+from trainer.artifacts import export
 from trainer import run_data as run_data_lib
-from trainer import step as step_lib
+from trainer.engine import step as step_lib
 from trainer.config import RunConfig
 
 IMAGE_SIZE = 32

@@ -1,4 +1,4 @@
-"""Tests of trainer/checkpoint.py, nonfinite.py and preemption.py, in process.
+"""Tests of trainer/artifacts/checkpoint.py, nonfinite.py and preemption.py, in process.
 
 Damaged checkpoints, lost state files, NaN weights, pretrained .h5 files and signals,
 on a tiny DenseNet-BC; whole runs of main.py are in resume_kill_test.py.
@@ -22,13 +22,14 @@ from tensorflow.python.framework import config as tf_config
 import densenet
 from main_runs import run_main
 from random_weights import randomise_batch_norm
-from trainer import checkpoint as checkpoint_lib
-from trainer import errors
-from trainer import loop
-from trainer import nonfinite
-from trainer import preemption
-from trainer import step as step_lib
-from trainer import weights_by_name
+from trainer.artifacts import checkpoint as checkpoint_lib
+from base import errors
+from trainer import artifacts
+from trainer.engine import loop
+from trainer.engine import nonfinite
+from trainer.engine import preemption
+from trainer.engine import step as step_lib
+from trainer.artifacts import weights_by_name
 
 
 def _model(num_classes=10, name='densenet_bc_10_4', seed=0):
@@ -136,7 +137,7 @@ def test_no_usable_checkpoint_stops_with_one_line_naming_them(saved, tmp_path):
     tmp_path, _ = _copy_of(saved, tmp_path)
     for step in (4, 8, 12):
         _truncate(os.path.join(tmp_path, f'ckpt-{step}.data-00000-of-00001'))
-    with pytest.raises(errors.CheckpointError) as error:
+    with pytest.raises(artifacts.CheckpointError) as error:
         _state(tmp_path, seed=1).restore_latest()
     message = str(error.value)
     assert '\n' not in message
@@ -167,7 +168,7 @@ def test_lost_state_file_finds_checkpoints_by_step(saved, tmp_path, caplog):
 
 def test_checkpoint_of_another_model_is_refused_not_skipped(saved, tmp_path):
     tmp_path, _ = _copy_of(saved, tmp_path)
-    with pytest.raises(errors.CheckpointError, match='ckpt-12 does not fit this model'):
+    with pytest.raises(artifacts.CheckpointError, match='ckpt-12 does not fit this model'):
         _state(tmp_path, num_classes=5).restore_latest()
     assert os.path.exists(os.path.join(tmp_path, 'ckpt-12.index'))
 
@@ -362,7 +363,7 @@ def test_h5_file_of_another_model_names_the_file_and_layer(tmp_path):
     _write_keras2_h5(path, _model(name='densenet_bc_16_4'))
     target = _model()
     before = _weights(target)
-    with pytest.raises(errors.CheckpointError, match=rf'^{path} does not fit --model='):
+    with pytest.raises(artifacts.CheckpointError, match=rf'^{path} does not fit --model='):
         checkpoint_lib.load_initial_weights(target, path)
     # A layer of another shape, other than the classifier, is refused by name.
     source = _model()
@@ -370,7 +371,7 @@ def test_h5_file_of_another_model_names_the_file_and_layer(tmp_path):
     with h5py.File(path, 'r+') as handle:
         del handle['conv1_conv']['conv1_conv/kernel:0']
         handle['conv1_conv'].create_dataset('conv1_conv/kernel:0', data=np.zeros((3, 3, 3, 9)))
-    with pytest.raises(errors.CheckpointError) as error:
+    with pytest.raises(artifacts.CheckpointError) as error:
         checkpoint_lib.load_initial_weights(target, path)
     assert str(error.value) == (
         f'{path} does not fit the model: conv1_conv/kernel is (3, 3, 3, 8) in the model but '
@@ -450,11 +451,14 @@ def test_signal_checkpoints_at_the_boundary_and_restores_the_handlers(
     # Stopped before the last step: the run's last line says so and names the stale
     # evaluation as such; stopped at the last step, the run is finished.
     with pytest.raises(errors.StoppedEarly) as stopped:
-        watcher.raise_if_stopped(3, 10, {'step': 2, 'top1': 0.5, 'top5': 0.75, 'loss': 1.25})
+        watcher.raise_if_stopped(
+            3, 10, {'step': 2, 'top1': 0.5, 'top5': 0.75, 'cross_entropy': 1.25}
+        )
     assert re.fullmatch(
         rf'stopped by {signum.name} at step 3 of 10, not finished: checkpoint \S*ckpt-3 '
         r'written [\d.]+ s after the signal; start the same command again to resume \(exit '
-        r'status 75; the last evaluation, at step 2: top-1 0\.5000, top-5 0\.7500, loss '
+        r'status 75; the last evaluation, at step 2: top-1 0\.5000, top-5 0\.7500, '
+        r'cross-entropy '
         r'1\.2500\)',
         str(stopped.value),
     ), str(stopped.value)

@@ -12,19 +12,20 @@ import pytest
 
 from main_runs import run_main
 from trainer import config as config_lib
+from trainer import preflight
 from trainer.config import RunConfig
 
 
 def test_the_flags_defaults_build_the_configs_defaults():
-    import main  # noqa: PLC0415  (absl flags, defined once per process)
+    from trainer.tools import train  # noqa: PLC0415  (absl flags, defined once per process)
 
     fields = [field.name for field in dataclasses.fields(RunConfig)]
-    assert sorted(fields) == sorted(name for name in fields if name in main.FLAGS)
-    from_flags = RunConfig(**{name: main.FLAGS[name].default for name in fields})
+    assert sorted(fields) == sorted(name for name in fields if name in train.FLAGS)
+    from_flags = RunConfig(**{name: train.FLAGS[name].default for name in fields})
     assert from_flags == RunConfig()
     # The flag's choices are the config's.
-    assert main.FLAGS['optimizer'].parser.enum_values == list(config_lib.OPTIMIZERS)
-    assert main.FLAGS['distribution_strategy'].parser.enum_values == list(config_lib.STRATEGIES)
+    assert train.FLAGS['optimizer'].parser.enum_values == list(config_lib.OPTIMIZERS)
+    assert train.FLAGS['distribution_strategy'].parser.enum_values == list(config_lib.STRATEGIES)
 
 
 # (keyword arguments of RunConfig, the same as flags)
@@ -57,10 +58,10 @@ def test_a_bad_value_fails_alike_in_python_and_on_the_command_line(kwargs, flags
     assert not list(tmp_path.iterdir())  # Refused before anything was written.
 
 
-def test_missing_folders_are_checked_by_check_run_alike(tmp_path):
+def test_missing_folders_are_checked_by_preflight_alike(tmp_path):
     config = RunConfig(dataset_dir=str(tmp_path / 'nowhere'), model_dir=str(tmp_path / 'run'))
     with pytest.raises(config_lib.ConfigError) as error:
-        config.check_run()
+        preflight.check(config)
     result = run_main([f'--dataset_dir={tmp_path / "nowhere"}', f'--model_dir={tmp_path / "run"}'])
     assert result.stderr.strip().splitlines()[-1] == f'main.py: error: {error.value}'
     # Built without folders, a config is still usable for what needs none.
@@ -74,8 +75,10 @@ def test_num_classes_must_agree_with_a_built_class_list(tmp_path):
     (tmp_path / 'classes.txt').write_text('cat\ndog\nhorse\n')
     config = RunConfig(dataset_dir=str(tmp_path), model_dir=str(tmp_path / 'run'), num_classes=10)
     with pytest.raises(config_lib.ConfigError) as error:
-        config.check_run()
+        preflight.check(config)
     assert str(error.value) == (
         f'--num_classes=10, but {tmp_path / "classes.txt"} lists 3 classes: give --num_classes=3'
     )
-    RunConfig(dataset_dir=str(tmp_path), model_dir=str(tmp_path / 'run'), num_classes=3).check_run()
+    preflight.check(
+        RunConfig(dataset_dir=str(tmp_path), model_dir=str(tmp_path / 'run'), num_classes=3)
+    )

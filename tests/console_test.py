@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from trainer import console
-from trainer import progress
+from trainer.reporting import console
+from trainer.reporting import progress
 
 
 class _Terminal(io.StringIO):

@@ -1,4 +1,4 @@
-"""The controller (`trainer/controller.py`) and the actions (`trainer/actions.py`), each alone.
+"""The controller (`trainer/engine/controller.py`) and the actions (`trainer/actions.py`), each alone.
 
 The controller is checked against a step-by-step simulation written here: an action
 with cadence `Every(p, q, last_step=n)` must see exactly the steps that are multiples
@@ -19,31 +19,32 @@ import tensorflow as tf
 from main_runs import checkpoints
 from main_runs import events
 from trainer import actions
-from trainer import checkpoint as checkpoint_lib
-from trainer import console
-from trainer import summaries
-from trainer.controller import Action
-from trainer.controller import Controller
-from trainer.controller import Every
+from trainer.artifacts import checkpoint as checkpoint_lib
+from trainer.reporting import console
+from trainer.reporting import summaries
+from trainer.engine.controller import Action
+from trainer.engine.controller import At
+from trainer.engine.controller import Controller
+from trainer.engine.controller import Every
+from trainer.engine.controller import EveryCall
 
 
 class _Recorder(Action):
-    """Records the steps at which its cadence is due; stops the run at `stop_at`."""
+    """Records every call it observes and the steps it is called at (its cadence's, as the
+    controller decides); stops the run at `stop_at`."""
 
     def __init__(self, cadence, stop_at=None):
         self.cadence, self.stop_at = cadence, stop_at
         self.due_steps, self.calls, self.started = [], [], None
 
-    def steps_to_next(self, step):
-        return self.cadence.steps_to_next(step)
-
     def start(self, step):
         self.started = step
 
-    def __call__(self, output):
+    def observe(self, output):
         self.calls.append((output.step, output.num_steps))
-        if self.cadence.due(output.step):
-            self.due_steps.append(output.step)
+
+    def __call__(self, output):
+        self.due_steps.append(output.step)
         return output.step == self.stop_at
 
 
@@ -86,6 +87,45 @@ def test_each_action_sees_exactly_its_steps(steps_per_loop, start):
         assert step - num_steps == previous
         assert not any(previous < s < step for s in wanted), (previous, step)
         previous = step
+
+
+@pytest.mark.parametrize('steps_per_loop', [1, 4, 100])
+def test_at_and_every_call_cadences_are_called_at_exactly_their_steps(steps_per_loop):
+    """`At` (an image-size change, the end of a frozen phase) stops a call at each of its
+    steps and is called there only; `EveryCall` is called after every call and ends a
+    call where its `stop_at` says (a profiler's window)."""
+    at = _Recorder(At(3, 11, 12, 40))  # 40: past the last step, never reached
+    window = _Recorder(EveryCall(stop_at=lambda step: 7 - step if step < 7 else None))
+    calls = []
+    Controller(
+        _train_fn(calls), steps_per_loop=steps_per_loop, last_step=20, actions=[at, window]
+    ).run(0)
+    assert at.due_steps == [3, 11, 12]
+    assert window.due_steps == [step for step, _ in window.calls]
+    ends = [step for step, _ in window.calls]
+    assert {3, 7, 11, 12, 20} <= set(ends)
+    assert max(calls) <= steps_per_loop
+
+
+@pytest.mark.parametrize(
+    'every_epoch, at_last_step, expected',
+    [(True, True, [10, 20, 25]), (True, False, [10, 20]), (False, True, [25]), (False, False, [])],
+)
+def test_export_declares_epoch_ends_and_the_last_step_as_its_cadence(
+    every_epoch, at_last_step, expected
+):
+    export = actions.Export(
+        model=None,
+        model_dir='unused',
+        steps_per_epoch=10,
+        last_step=25,
+        every_epoch=every_epoch,
+        weight_average=None,
+        export_kwargs={},
+        class_names=None,
+        at_last_step=at_last_step,
+    )
+    assert [step for step in range(1, 26) if export.cadence.due(step)] == expected
 
 
 def test_an_action_that_returns_true_stops_the_run_after_that_call():

@@ -1,4 +1,4 @@
-"""`trainer/cpu_isa.py`: the environment a run is refused in, before TensorFlow loads.
+"""`trainer/devices/cpu_isa.py`: the environment a run is refused in, before TensorFlow loads.
 
 `tests/resume_fixture_test.py` runs under `cpu_isa.PORTABLE_ENV`; here, the check that
 turns a crash inside TensorFlow (an `ONEDNN_MAX_CPU_ISA` cap that leaves oneDNN no
@@ -7,8 +7,8 @@ bfloat16 kernels on an AVX-512 CPU) into one line.
 
 import pytest
 
-from trainer import cpu_isa
-from trainer import errors
+from trainer.devices import cpu_isa
+from base import errors
 
 AVX512 = {'avx2', 'avx512f'}
 

@@ -33,7 +33,7 @@ from main_runs import differing_values
 from main_runs import run_main
 from main_runs import start_main
 from trainer import config as config_lib
-from trainer import errors
+from base import errors
 from trainer import run_data
 
 _EXAMPLES = 70  # 8 steps of 8 per epoch; 6 left over, as an epoch is whole steps

@@ -17,7 +17,7 @@ import tensorflow as tf
 import densenet
 from densenet import create_model
 from random_weights import randomise_batch_norm
-from trainer import step as step_lib
+from trainer.engine import step as step_lib
 
 # Torch-style ImageNet normalisation, as the input pipeline applies it.
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -461,7 +461,7 @@ def test_memory_efficient_densenet121_decays_and_trains_as_plain():
     kernels = sorted(key for key in keys if key.endswith('/kernel'))
     assert len(kernels) == 121
     for model in (plain, efficient):
-        decayed = sorted(_weight_key(v) for v in step_lib.decayed_variables(model))
+        decayed = sorted(_weight_key(v) for v in step_lib.decayed_variables_of(model))
         missing = sorted(set(kernels) - set(decayed))
         assert decayed == kernels, (
             f'{model.name}: {len(missing)} kernels not decayed: {missing[:3]}'

@@ -34,9 +34,9 @@ from main_runs import folder_bytes
 from main_runs import run_main
 from main_runs import start_main
 from main_runs import write_pausing_launcher
-from trainer import optimizers
-from trainer import precision
-from trainer import step as step_lib
+from trainer.optimization import optimizers
+from trainer.optimization import loss_scaling
+from trainer.engine import step as step_lib
 
 
 def _train_step(model):
@@ -47,12 +47,12 @@ def _train_step(model):
         nesterov=False,
         weight_decay=1e-4,
         variables=model.trainable_variables,
-        decayed_variables=step_lib.decayed_variables(model),
+        decayed_variables=step_lib.decayed_variables_of(model),
     )
     return step_lib.TrainStep(
         model,
         optimizer,
-        loss_scaler=precision.LossScaler(),
+        loss_scaler=loss_scaling.LossScaler(),
         global_batch_size=4,
         weight_decay=1e-4,
         label_smoothing=0.1,

@@ -1,4 +1,4 @@
-"""Tests of trainer/distribute.py and of training under several replicas and workers.
+"""Tests of trainer/devices/distribute.py and of training under several replicas and workers.
 
 MirroredStrategy runs over the two logical CPUs that conftest.py makes (its `two_cpus`
 fixture, which skips with the reason when there are none); the multi-worker test
@@ -22,14 +22,14 @@ import pytest
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import distribute
-from trainer import ema
-from trainer import errors
-from trainer import gaudi
-from trainer import loop
-from trainer import precision
-from trainer import step as step_lib
-from trainer import summaries
+from trainer.devices import distribute
+from trainer.optimization import ema
+from base import errors
+from trainer.devices import gaudi
+from trainer.engine import loop
+from trainer.optimization import loss_scaling
+from trainer.engine import step as step_lib
+from trainer.reporting import summaries
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PER_REPLICA_BATCH = 8
@@ -83,7 +83,7 @@ def _train(
         )
         optimizer = keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
         optimizer.build(model.trainable_variables)
-        scaler = precision.LossScaler(dynamic=True, initial_scale=initial_scale)
+        scaler = loss_scaling.LossScaler(dynamic=True, initial_scale=initial_scale)
         average = ema.WeightAverage(model, 0.5)
     train_step = step_lib.TrainStep(
         model,

@@ -55,19 +55,19 @@ def _cases(tmp, digits_dir):
     corrupt = os.path.join(tmp, 'corrupt')
     _write(os.path.join(corrupt, 'train-00000-of-00001'), b'\x00' * 100)
     _write(os.path.join(corrupt, 'validation-00000-of-00001'), b'\x00' * 100)
-    # A run folder of a DenseNet-121 at 224 pixels, with a checkpoint.
+    # A model_dir of a DenseNet-121 at 224 pixels, with a checkpoint.
     other = os.path.join(tmp, 'other_run')
     _write(os.path.join(other, 'checkpoints', 'checkpoint'), b'model_checkpoint_path: "ckpt-5"\n')
     _write(
         os.path.join(other, 'flags.cfg'),
         b'--model=densenet121\n--image_size=224\n--num_classes=10\n',
     )
-    # What else a run folder holds: the refusal must leave all of it as it was.
+    # What else a model_dir holds: the refusal must leave all of it as it was.
     _write(os.path.join(other, 'checkpoints', 'ckpt-5.index'), b'\x00index')
     _write(os.path.join(other, 'checkpoints', 'ckpt-5.data-00000-of-00001'), b'\x01' * 64)
     _write(os.path.join(other, 'eval_results.jsonl'), b'{"epoch": 1, "step": 5, "top1": 0.5}\n')
     _write(os.path.join(other, 'logs', 'train', 'events.out.tfevents.1.host'), b'\x02' * 32)
-    # A run folder of the same model, trained without --memory_efficient (flags.cfg
+    # A model_dir of the same model, trained without --memory_efficient (flags.cfg
     # as absl writes a false boolean).
     plain = os.path.join(tmp, 'plain_run')
     _write(os.path.join(plain, 'checkpoints', 'checkpoint'), b'model_checkpoint_path: "ckpt-5"\n')
@@ -223,7 +223,7 @@ def _cases(tmp, digits_dir):
             _GAUDI_FRAGMENTS,
         ),
     ]
-    # Each case its own --model_dir: two run at a time, and a run folder takes one trainer.
+    # Each case its own --model_dir: two run at a time, and a model_dir takes one trainer.
     return [
         (name, [arg.replace(model_dir, f'{model_dir}_{name}') for arg in args], env, fragments)
         for name, args, env, fragments in cases
@@ -273,7 +273,7 @@ def _snapshot(folder):
     return found
 
 
-# The run folders that main.py must refuse, by case.
+# The model_dirs that main.py must refuse, by case.
 _FOREIGN_RUNS = {
     'model_dir_of_another_model': 'other_run',
     'model_dir_of_another_layout': 'plain_run',
@@ -282,7 +282,7 @@ _FOREIGN_RUNS = {
 
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
-    """Case name -> (result, fragments, arguments, files of its run folder changed)."""
+    """Case name -> (result, fragments, arguments, files of its model_dir changed)."""
     from input_pipeline import digits
 
     tmp = str(tmp_path_factory.mktemp('errors'))
@@ -328,7 +328,7 @@ def test_a_refused_model_dir_is_left_byte_identical(results, name):
     # Refused before anything in it changes: flags.cfg, checkpoints, results and logs.
     result, _, _, changed = results[name]
     assert result.returncode == 1, result.stderr[-3000:]
-    assert changed == [], f'main.py changed {changed} in the run folder it refused'
+    assert changed == [], f'main.py changed {changed} in the model_dir it refused'
 
 
 # Runs main.py with a bug planted in the train step: a ValueError raised while the step
@@ -336,7 +336,7 @@ def test_a_refused_model_dir_is_left_byte_identical(results, name):
 _BUGGY_LAUNCHER = """
 import runpy, sys
 sys.path.insert(0, {root!r})
-from trainer import step
+from trainer.engine import step
 
 def broken(labels, logits, label_smoothing=0.0):
     raise ValueError('planted bug: shapes (3,) and (4,) are incompatible')

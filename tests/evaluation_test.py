@@ -4,7 +4,7 @@
 it with zero images of label 0 and weight 0 (`input_pipeline/dataset.py`). The
 evaluator the trainer builds (`trainer/run_data.py`'s `RunData` and
 `trainer/evaluation.py`'s `make_evaluator`, which
-runs `trainer/step.py`'s `eval_step` through `trainer/loop.py`) must give the top-1,
+runs `trainer/engine/step.py`'s `eval_step` through `trainer/engine/loop.py`) must give the top-1,
 top-5 and mean cross-entropy of the 1,001 real examples alone, on one device and on
 two mirrored replicas. The reference runs the same model on the same decoded images,
 unpadded, and scores them in NumPy.
@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from input_pipeline import augment
 from input_pipeline import writer
-from trainer import distribute
+from trainer.devices import distribute
 from trainer import evaluation
 from trainer import run
 from trainer.config import RunConfig
@@ -132,7 +132,7 @@ def evaluation_data(tmp_path_factory):
     reference = {
         'top1_hits': int(np.sum(rank < 1)),
         'top5_hits': int(np.sum(rank < 5)),
-        'loss': float(-np.mean(log_probs[np.arange(NUM_EXAMPLES), labels])),
+        'cross_entropy': float(-np.mean(log_probs[np.arange(NUM_EXAMPLES), labels])),
     }
     assert 0 < reference['top1_hits'] < reference['top5_hits'] < NUM_EXAMPLES, reference
     return dataset_dir, weights, reference
@@ -164,4 +164,6 @@ def test_evaluation_equals_numpy_over_the_unpadded_examples(evaluation_data, rep
     hits = {key: result[key] * NUM_EXAMPLES for key in ('top1', 'top5')}
     assert hits['top1'] == pytest.approx(reference['top1_hits'], abs=1e-6), 'top-1 hits'
     assert hits['top5'] == pytest.approx(reference['top5_hits'], abs=1e-6), 'top-5 hits'
-    assert result['loss'] == pytest.approx(reference['loss'], rel=1e-5), 'mean cross-entropy'
+    assert result['cross_entropy'] == pytest.approx(reference['cross_entropy'], rel=1e-5), (
+        'mean cross-entropy'
+    )

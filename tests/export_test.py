@@ -1,7 +1,7 @@
-"""Tests of trainer/export.py and trainer/predict.py: an export classifies a real photo
+"""Tests of trainer/artifacts/export.py and trainer/tools/predict.py: an export classifies a real photo
 exactly as the trainer's evaluation does, in a process that knows nothing of this project,
 through `saved_model_cli` (which loads it as TensorFlow Serving does) and through
-`python -m trainer.predict`.
+`python -m trainer.tools.predict`.
 """
 
 import json
@@ -21,10 +21,10 @@ import densenet
 from input_pipeline import formats
 from in_process import run_main_in_process
 from input_pipeline import writer
-from trainer import errors
-from trainer import export
-from trainer import predict
-from trainer import step as step_lib
+from base import errors
+from trainer.artifacts import export
+from trainer.tools import predict
+from trainer.engine import step as step_lib
 import pipelines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +135,7 @@ def _top5(exported):
 
 
 def _predict_lines(exported):
-    """What `python -m trainer.predict` must print for the photo."""
+    """What `python -m trainer.tools.predict` must print for the photo."""
     expected = exported['probabilities']
     return [exported['photo']] + [
         f'  {rank}. {expected[index]:7.4f}  {index:4d}  {NAMES[index]}'.rstrip()
@@ -145,12 +145,12 @@ def _predict_lines(exported):
 
 @pytest.fixture(scope='module')
 def predicted(exported):
-    """The lines `python -m trainer.predict` prints for the photo, in a process of its own."""
+    """The lines `python -m trainer.tools.predict` prints for the photo, in a process of its own."""
     result = subprocess.run(
         [
             sys.executable,
             '-m',
-            'trainer.predict',
+            'trainer.tools.predict',
             f'--model={exported["folder"]}',  # A model_dir: its newest export is used.
             exported['photo'],
         ],
@@ -190,7 +190,7 @@ def test_export_in_a_fresh_process_classifies_as_the_trainer_evaluates(exported,
     assert len(set(np.round(expected, 6))) > 5  # Distinct values: the comparison means something.
     top5 = _top5(exported)
     # Decoding the whole photo gives the eval's pixels here (see serve_uint8 in
-    # trainer/export.py for when its window's edge columns differ a little).
+    # trainer/artifacts/export.py for when its window's edge columns differ a little).
     for signature in ('bytes', 'uint8', 'images'):
         outputs = out['outputs'][signature]
         assert sorted(outputs) == sorted(set(export.OUTPUTS) - {'top5_names'})
@@ -266,7 +266,7 @@ def test_saved_model_cli_run_classifies_as_predict_and_the_trainer(exported, pre
     assert outputs['top5_names'] == [NAMES[i] for i in top5]
     np.testing.assert_allclose(outputs['probabilities'], expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(outputs['top5_probabilities'], expected[top5], rtol=1e-5)
-    # trainer.predict's printed ranks: the same classes, names and probabilities.
+    # trainer.tools.predict's printed ranks: the same classes, names and probabilities.
     printed = [line.split(None, 3) for line in predicted[1:]]
     assert [int(fields[2]) for fields in printed] == outputs['top5_classes']
     assert [fields[3] if len(fields) > 3 else '' for fields in printed] == outputs['top5_names']
@@ -315,21 +315,14 @@ def test_a_saved_model_without_the_signatures_is_refused_in_one_line(tmp_path, c
     assert err.count('\n') == 1
 
 
-def test_predict_names_the_exports_signature_as_export_does():
-    # trainer/predict.py repeats these names so as not to import the input pipeline.
-    assert (predict.SIGNATURE_BYTES, predict.INPUT_BYTES) == (
-        export.SIGNATURE_BYTES,
-        export.INPUT_BYTES,
-    )
-    assert predict.COMPLETE_NAME.pattern == export.COMPLETE_NAME.pattern
-    assert predict.UNFINISHED_SUFFIXES == (export.PARTIAL_SUFFIX, export.OLD_SUFFIX)
+def test_export_names_sort_in_epoch_order():
     # Epochs trained, cut off (not rounded) to four decimals: the last step of an
     # epoch sorts before the next epoch's end, never after it.
     names = [export.export_name(step, 23) for step in (22, 23, 35, 45, 46)]
     assert names == ['epoch_000.9565', 'epoch_001', 'epoch_001.5217', 'epoch_001.9565', 'epoch_002']
-    assert sorted(names, key=predict._epoch_order) == names  # pylint: disable=protected-access
+    assert sorted(names, key=export._epoch_order) == names  # pylint: disable=protected-access
     assert export.export_name(1, 20019) == 'epoch_000.0000'
-    assert all(predict.COMPLETE_NAME.fullmatch(name) for name in names)
+    assert all(export.COMPLETE_NAME.fullmatch(name) for name in names)
 
 
 def test_predict_errors_are_one_line(exported, tmp_path, capsys):
@@ -414,10 +407,10 @@ def test_last_step_exports_and_unfinished_exports_are_never_read(exported, digit
     for name in ('epoch_002.partial', 'epoch_003.old'):
         assert f'Removed {os.path.join(saves, name)}: an unfinished export' in run.stderr
     assert sorted(os.listdir(saves)) == ['epoch_001', 'epoch_001.2000']
-    assert predict.find_export(model_dir) == os.path.join(saves, 'epoch_001.2000')
+    assert export.find_export(model_dir) == os.path.join(saves, 'epoch_001.2000')
 
     partial = _plant_unfinished(exported, saves)
-    assert predict.find_export(model_dir) == os.path.join(saves, 'epoch_001.2000')
+    assert export.find_export(model_dir) == os.path.join(saves, 'epoch_001.2000')
     assert predict.main([f'--model={partial}', exported['photo']]) == 1
 
 

@@ -26,10 +26,10 @@ from main_runs import ROOT
 from main_runs import checkpoint_values
 from main_runs import checkpoints
 from main_runs import run_main
-from trainer import loop
-from trainer import optimizers
-from trainer import schedules
-from trainer import step as step_lib
+from trainer.engine import loop
+from trainer.optimization import optimizers
+from trainer.optimization import schedules
+from trainer.engine import step as step_lib
 from trainer.config import RunConfig
 
 TINY = [
@@ -202,7 +202,9 @@ def test_fine_tuning_and_evaluation_only(rows, digits_dir, tmp_path):
         [*TINY[:4], f'--dataset_dir={digits_dir}', f'--only_eval={tuned}/checkpoints']
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert re.search(r'Validation top-1 \S+, top-5 \S+, loss \S+ over 300 examples', result.stdout)
+    assert re.search(
+        r'Validation top-1 \S+, top-5 \S+, cross-entropy \S+ over 300 examples', result.stdout
+    )
 
 
 @pytest.mark.parametrize('optimizer', optimizers.OPTIMIZERS)
@@ -238,7 +240,7 @@ def test_each_optimizer_with_each_schedule_and_warmup(optimizer):
             schedule,
             weight_decay=1e-4,
             variables=model.trainable_variables,
-            decayed_variables=step_lib.decayed_variables(model),
+            decayed_variables=step_lib.decayed_variables_of(model),
         )
         train_step = step_lib.TrainStep(
             model,

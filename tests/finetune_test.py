@@ -16,7 +16,7 @@ from in_process import run_main_in_process
 from main_runs import assert_identical, checkpoints
 
 import densenet
-from trainer import weights_by_name
+from trainer.artifacts import weights_by_name
 
 pytestmark = pytest.mark.slow
 

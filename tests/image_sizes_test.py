@@ -20,7 +20,7 @@ from main_runs import checkpoint_values
 from main_runs import checkpoints
 from main_runs import events
 from trainer import config as config_lib
-from trainer import export
+from trainer.artifacts import export
 from trainer import image_sizes
 from trainer import run_data
 
@@ -211,7 +211,7 @@ def test_a_run_stopped_before_at_and_after_a_size_change_resumes_bit_identical(
 
 def test_fast_cfg_is_ffcvs_schedule_and_says_it_was_not_run_here():
     """The recipe file parses into the schedule its comments promise."""
-    import main as main_lib  # noqa: PLC0415
+    from trainer.tools import train as train_command  # noqa: PLC0415
     from absl import flags  # noqa: PLC0415
 
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'fast.cfg')
@@ -219,8 +219,8 @@ def test_fast_cfg_is_ffcvs_schedule_and_says_it_was_not_run_here():
         head = stream.read(600)
     assert 'NOT RUN ON IMAGENET HERE' in head and 'Expected:' in head
     flag_values = flags.FlagValues()
-    main_lib._define_flags(flag_values)  # pylint: disable=protected-access
-    main_lib._parse_flags(['main.py', f'--flagfile={path}'], flag_values)  # pylint: disable=protected-access
+    train_command._define_flags(flag_values)  # pylint: disable=protected-access
+    train_command._parse_flags(['main.py', f'--flagfile={path}'], flag_values)  # pylint: disable=protected-access
     fields = [field.name for field in dataclasses.fields(config_lib.RunConfig)]
     config = config_lib.RunConfig(**{name: flag_values[name].value for name in fields})
     sizes = image_sizes.ImageSizes.from_settings(config)

@@ -42,8 +42,8 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
-import main as main_lib
-from trainer import errors
+from trainer.tools import train as train_command
+from base import errors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,14 +94,16 @@ def run_main_in_process(args, check=False, cwd=ROOT) -> subprocess.CompletedProc
     """
     flag_values = flags.FlagValues()
     # pylint: disable=protected-access  (main.py's own definitions and parser)
-    main_lib._define_flags(flag_values)
+    train_command._define_flags(flag_values)
     stream = io.StringIO()
     result, returncode = None, 0
     try:
         with _in_folder(cwd), _captured_log(stream):
             try:
-                main_lib._parse_flags(['main.py', *args], flag_values)
-                result = main_lib.execute(main_lib.checked_config(flag_values), flag_values)
+                train_command._parse_flags(['main.py', *args], flag_values)
+                result = train_command.execute(
+                    train_command.checked_config(flag_values), flag_values
+                )
             except errors.StoppedEarly as stopped:  # As main.py: its line, status 75.
                 print(f'main.py: {stopped}', file=stream)
                 raise SystemExit(errors.EXIT_STOPPED) from None
@@ -115,5 +117,5 @@ def run_main_in_process(args, check=False, cwd=ROOT) -> subprocess.CompletedProc
         reset_between_runs()
     if check and returncode != 0:
         raise AssertionError(f'main.py {" ".join(args)} failed:\n{stream.getvalue()[-3000:]}')
-    stdout = main_lib.result_line(result) + '\n' if result else ''
+    stdout = train_command.result_line(result) + '\n' if result else ''
     return subprocess.CompletedProcess(['main.py', *args], returncode, stdout, stream.getvalue())

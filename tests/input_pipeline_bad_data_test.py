@@ -20,7 +20,7 @@ from PIL import Image
 from input_pipeline import dataset
 from input_pipeline import formats
 from input_pipeline import writer
-from trainer import errors
+from base import errors
 import pipelines
 
 

@@ -25,7 +25,7 @@ from sklearn import datasets as sklearn_datasets
 
 from input_pipeline import build_folders
 from input_pipeline import formats
-from trainer import class_names
+from input_pipeline import class_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The folder of each digit, and their order under Python's sorted(), written out by

@@ -136,7 +136,7 @@ def checkpoint_values(prefix):
     """Every training value in a checkpoint (not the save counter, which counts saves,
     nor the input version it records).
 
-    `prefix` may also be a run folder: its newest checkpoint.
+    `prefix` may also be a model_dir: its newest checkpoint.
     """
     if os.path.isdir(os.path.join(prefix, 'checkpoints')):
         prefix = tf.train.latest_checkpoint(os.path.join(prefix, 'checkpoints'))

@@ -1,4 +1,4 @@
-"""Tests of `python -m trainer.plot`: curves read from event files and eval_results.jsonl."""
+"""Tests of `python -m trainer.tools.plot`: curves read from event files and eval_results.jsonl."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import plot
+from trainer.tools import plot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH = 10
@@ -41,8 +41,9 @@ def _write_run(model_dir, *, with_epoch_scalar=True, resumed=False):
                 tf.summary.scalar('top1', 0.9, step=step)
         writer.close()
     rows = [
-        {'epoch': 1, 'step': 10, 'top1': 0.3, 'top5': 0.8, 'loss': 2.0, 'num_examples': 9},
-        {'epoch': 2, 'step': 20, 'top1': 0.5, 'top5': 0.9, 'loss': 1.5, 'num_examples': 9},
+        {'epoch': 1, 'step': 10, 'top1': 0.3, 'top5': 0.8, 'cross_entropy': 2.0, 'num_examples': 9},
+        {'epoch': 2, 'step': 20, 'top1': 0.5, 'top5': 0.9, 'cross_entropy': 1.5, 'num_examples': 9},
+        # As versions before the figure's rename wrote it (a run resumed across them).
         {'epoch': 3, 'step': 30, 'top1': 0.6, 'top5': 0.9, 'loss': 1.2, 'num_examples': 9},
         # --only_eval rows: not part of the training curve.
         {'epoch': 3, 'step': 30, 'top1': 0.1, 'loss': 9, 'num_examples': 9, 'path': 'x'},
@@ -86,7 +87,7 @@ def test_plot_draws_both_panels_into_a_png(tmp_path):
 def test_command_line_writes_the_png(tmp_path):
     _write_run(str(tmp_path))
     result = subprocess.run(
-        [sys.executable, '-m', 'trainer.plot', str(tmp_path)],
+        [sys.executable, '-m', 'trainer.tools.plot', str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -103,6 +104,6 @@ def test_command_line_refuses_a_folder_without_curves(tmp_path, capsys):
         plot.main([str(tmp_path)])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == (
-        f'python -m trainer.plot: error: {tmp_path} holds no training curves: no logs/train '
+        f'python -m trainer.tools.plot: error: {tmp_path} holds no training curves: no logs/train '
         'event files with scalars and no eval_results.jsonl\n'
     )

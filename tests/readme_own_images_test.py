@@ -175,7 +175,7 @@ def test_readme_own_images_section_runs_verbatim(tmp_path):
         ['python', '-m', 'input_pipeline.build_folders'],
         ['python', 'main.py', '--flagfile=finetune.cfg'],
         ['python', 'main.py', '--flagfile=runs/photos/flags.cfg'],
-        ['python', '-m', 'trainer.predict'],
+        ['python', '-m', 'trainer.tools.predict'],
     ]
     moved = []
     for command in commands:

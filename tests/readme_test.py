@@ -28,15 +28,15 @@ def test_quick_start_commands_are_the_ones_ci_runs():
 
 
 def test_flags_table_lists_every_flag_of_main():
-    # main.py's own flags, without importing it here (it would define them in this
-    # process): its --helpfull lists them under main.py's module heading.
+    # main.py's own flags, without importing them here (they would be defined in this
+    # process): its --help lists them under main.py's heading (and no others).
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, 'main.py'), '--helpfull'],
+        [sys.executable, os.path.join(ROOT, 'main.py'), '--help'],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    ours = result.stdout.split('main.py:', 1)[1].split('\nabsl.', 1)[0]
+    ours = result.stdout.split('main.py:\n', 1)[1].split('\nTry --helpfull', 1)[0]
     names = set(re.findall(r'^  --(?:\[no\])?(\w+)', ours, re.MULTILINE))
     assert {'dataset_dir', 'model_dir', 'only_eval', 'profile_steps'} <= names
     table = _readme().split('## Flags', 1)[1].split('\n## ', 1)[0]
@@ -152,7 +152,7 @@ def test_the_demo_logs_sample_has_the_shape_the_trainer_prints_today(digits_dir)
     """
     import tensorflow as tf  # noqa: PLC0415
 
-    from trainer import banner, console, progress  # noqa: PLC0415
+    from trainer.reporting import banner, console, progress  # noqa: PLC0415
     from trainer.config import RunConfig  # noqa: PLC0415
     from trainer.run_data import RunData  # noqa: PLC0415
 

@@ -5,7 +5,7 @@ controller): commit `OLD_CODE`. This test takes it from the repository's history
 (`git archive`), lets it run `tests/fixtures/write_resume_fixture.py` on the shared
 data in `tests/fixtures/resume/data` (its checkpoint at step 15 of 30, and what the same
 run wrote when not interrupted: its checkpoint at step 30 and its evaluations), then
-resumes its step-15 run folder with this code, its flags.cfg as the flagfile. This is
+resumes its step-15 model_dir with this code, its flags.cfg as the flagfile. This is
 what a user does when upgrading in the middle of a run, and what they are promised:
 
 - until the training input's bits changed (issue 22: uint8 images rounded after the
@@ -43,7 +43,7 @@ from main_runs import ROOT, checkpoint_values, checkpoints, run_main
 
 from input_pipeline import preprocessing
 from trainer import config as config_lib
-from trainer import cpu_isa
+from trainer.devices import cpu_isa
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ OLD_CODE = '819b125'
 
 @pytest.fixture(scope='module')
 def written(tmp_path_factory):
-    """The old code's run folder at step 15 and its uninterrupted end, made on this CPU."""
+    """The old code's model_dir at step 15 and its uninterrupted end, made on this CPU."""
     old = tmp_path_factory.mktemp('old_code')
     archive = subprocess.run(['git', 'archive', OLD_CODE], cwd=ROOT, capture_output=True)
     if archive.returncode != 0:
@@ -67,7 +67,8 @@ def written(tmp_path_factory):
         os.path.join(ROOT, 'tests', 'fixtures', 'write_resume_fixture.py'),
         old / 'tests' / 'fixtures',
     )
-    shutil.copy(os.path.join(ROOT, 'trainer', 'cpu_isa.py'), old / 'trainer')
+    # Its portable environment, where the earlier code kept the module.
+    shutil.copy(os.path.join(ROOT, 'trainer', 'devices', 'cpu_isa.py'), old / 'trainer')
     shutil.copytree(os.path.join(FIXTURE, 'data'), old / 'tests' / 'fixtures' / 'resume' / 'data')
     result = subprocess.run(
         [sys.executable, os.path.join('tests', 'fixtures', 'write_resume_fixture.py')],

@@ -27,8 +27,8 @@ from in_process import run_main_in_process
 from main_runs import MAIN
 from main_runs import ROOT
 from main_runs import write_pausing_launcher
-from trainer import errors
-from trainer import predict
+from base import errors
+from trainer.artifacts import export
 
 pytestmark = pytest.mark.slow
 
@@ -146,15 +146,15 @@ def test_killed_preempted_and_damaged_run_ends_bit_identical(
         os.path.join(model_dir, 'checkpoints', 'unusable', f'ckpt-{stopped_at}.index')
     )
 
-    # 6. The half-written export is never read: trainer.predict does not serve it (it
+    # 6. The half-written export is never read: trainer.tools.predict does not serve it (it
     #    did, with exit 0), --only_eval refuses it, and the restart removes it, naming
     #    it, and exports epoch 1 anew.
     saves = os.path.join(model_dir, 'saves')
     partial = os.path.join(saves, 'epoch_001.partial')
     assert os.listdir(saves) == ['epoch_001.partial']
     assert os.path.exists(os.path.join(partial, 'saved_model.pb'))
-    with pytest.raises(predict.PredictError, match=r'only unfinished ones: epoch_001\.partial'):
-        predict.find_export(model_dir)
+    with pytest.raises(errors.UserError, match=r'only unfinished ones: epoch_001\.partial'):
+        export.find_export(model_dir)
     evaluated = run_main_in_process(
         [*args[:4], f'--dataset_dir={digits_dir}', f'--only_eval={partial}']
     )
@@ -168,7 +168,7 @@ def test_killed_preempted_and_damaged_run_ends_bit_identical(
     assert result.returncode == 0, result.stderr[-3000:]
     assert f'Removed {partial}: an unfinished export' in result.stderr
     assert os.listdir(saves) == ['epoch_001']
-    assert predict.find_export(model_dir) == os.path.join(saves, 'epoch_001')
+    assert export.find_export(model_dir) == os.path.join(saves, 'epoch_001')
 
     # Every checkpoint both runs wrote, the final one included, is bit-identical.
     straight, killed = _checkpoints(straight_run()), _checkpoints(model_dir)

@@ -1,5 +1,5 @@
-"""The run folder under the faults long runs meet: a second trainer, a full or read-only
-disk, a folder moved elsewhere (`trainer/run_lock.py`, `main.py`).
+"""The model_dir under the faults long runs meet: a second trainer, a full or read-only
+disk, a folder moved elsewhere (`trainer/artifacts/run_lock.py`, `main.py`).
 
 A second trainer started while the first runs, as real processes, is in
 `tests/determinism_test.py` (`test_killed_in_checkpoint_write_and_resumed_equals_uninterrupted`):
@@ -21,8 +21,8 @@ import pytest
 from in_process import run_main_in_process
 from main_runs import ROOT, checkpoint_values, checkpoints, folder_bytes
 
-from trainer import errors
-from trainer import run_lock
+from base import errors
+from trainer.artifacts import run_lock
 
 
 def test_a_held_folder_is_refused_naming_its_holder_and_free_once_released(tmp_path):
@@ -42,7 +42,7 @@ def test_a_killed_holder_leaves_no_lock(tmp_path):
         [
             sys.executable,
             '-c',
-            'import sys, time; from trainer import run_lock; '
+            'import sys, time; from trainer.artifacts import run_lock; '
             f'run_lock.acquire({str(tmp_path)!r}); print("held", flush=True); time.sleep(600)',
         ],
         cwd=ROOT,
@@ -142,7 +142,7 @@ def test_a_full_disk_ends_in_one_line_and_the_moved_run_resumes_value_for_value(
     line = _last_line(full)
     assert line.startswith(f'main.py: error: {disk}/run/'), line
     assert line.endswith(
-        ': no space left on the device (free some space, or move the run folder elsewhere, '
+        ': no space left on the device (free some space, or move the model_dir elsewhere, '
         'and start the same command again: it resumes from the last checkpoint, which is '
         'intact)'
     ), line

@@ -1,4 +1,4 @@
-"""Tests of trainer/schedules.py: each schedule against its formula, and as applied.
+"""Tests of trainer/optimization/schedules.py: each schedule against its formula, and as applied.
 
 The schedules are checked against formulas written out here, and against what a Keras
 optimizer driven by them does to the weights.
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import optimizers
-from trainer import schedules
-from trainer import step as step_lib
+from trainer.optimization import optimizers
+from trainer.optimization import schedules
+from trainer.engine import step as step_lib
 from trainer.config import RunConfig
 
 SPE, TOTAL, INITIAL, FINAL = 10, 900, 0.05, 1e-5

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from main_runs import run_main
-from trainer import stderr_filter
+from base import stderr_filter
 
 HARMLESS_LINES = [
     'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR',

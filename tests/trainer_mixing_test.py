@@ -1,7 +1,7 @@
 """Mixup and CutMix train end to end through main.py's path, and the label contract they use.
 
 The input pipeline hands the step int class ids, or with mixup or CutMix float target
-distributions `[batch, classes]`; the step takes both (trainer/step.py). Each run
+distributions `[batch, classes]`; the step takes both (trainer/engine/step.py). Each run
 here trains the demo's model through main.py's path (in this process,
 `tests/in_process.py`) for a few steps with mixing on, and the loss on a fixed set of
 batches (the 300 validation digits in batches of 100, computed in this process from
@@ -17,8 +17,8 @@ import tensorflow as tf
 import densenet
 from in_process import run_main_in_process
 from main_runs import checkpoints
-from trainer import checkpoint as checkpoint_lib
-from trainer import step as step_lib
+from trainer.artifacts import checkpoint as checkpoint_lib
+from trainer.engine import step as step_lib
 import pipelines
 
 _DEMO = ['--flagfile=demo.cfg', '--prepare_digits_demo=false']

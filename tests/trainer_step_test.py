@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import ema
-from trainer import loop
-from trainer import optimizers
-from trainer import step as step_lib
-from trainer import summaries
+from trainer.optimization import ema
+from trainer.engine import loop
+from trainer.optimization import optimizers
+from trainer.engine import step as step_lib
+from trainer.reporting import summaries
 
 # --- Optimizers against their update formulas. ---------------------------------
 
@@ -373,3 +373,50 @@ def test_bad_training_flags_are_one_line_errors(tmp_path, flags, message):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('main.py: error: ' + message), last
+
+
+@pytest.mark.parametrize('grad_accum_steps', [1, 2])
+@pytest.mark.parametrize('targets', ['class_ids', 'mixed'])
+def test_logged_top1_and_top5_are_a_numpy_count_of_the_batch(targets, grad_accum_steps):
+    """The train scalars' `top1` and `top5`, through the step, the loop's sums and
+    `summaries.train_scalars`, against a count made here: 32 examples whose reference
+    class is, by construction, the model's first choice for 10, its 2nd-5th for 12 and
+    lower for 10 (so top-1 10/32 and top-5 22/32 differ). Mixed targets (mixup, CutMix)
+    give each example its reference class the larger share and another class the rest:
+    the larger share is the class the figures count (`step.reference_classes`).
+    Accumulation splits the batch in two micro-batches, whose counts must add up."""
+    num_classes, batch = 12, 32
+    rng = np.random.default_rng(11)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(num_classes)])
+    model.layers[0].set_weights(
+        [rng.normal(size=(6, num_classes)).astype(np.float32), np.zeros(num_classes, np.float32)]
+    )
+    images = rng.normal(size=(batch, 6)).astype(np.float32)
+    ranking = np.argsort(-model(images).numpy(), axis=1)  # Classes, best first.
+    ranks = rng.permutation([0] * 10 + [1, 2, 3, 4] * 3 + [5, 7, 9, 11, 6] * 2)
+    reference = ranking[np.arange(batch), ranks]
+    if targets == 'mixed':
+        other = (reference + rng.integers(1, num_classes, batch)) % num_classes
+        share = rng.uniform(0.55, 0.95, batch)[:, None]
+        eye = np.eye(num_classes, dtype=np.float32)
+        labels = (share * eye[reference] + (1 - share) * eye[other]).astype(np.float32)
+    else:
+        labels = reference.astype(np.int32)
+    expected_top1 = np.mean(ranking[:, 0] == reference)
+    expected_top5 = np.mean([ref in row[:5] for ref, row in zip(reference, ranking)])
+    assert (expected_top1, expected_top5) == (10 / 32, 22 / 32)
+
+    optimizer = keras.optimizers.SGD(0.0)
+    optimizer.build(model.trainable_variables)
+    train_step = step_lib.TrainStep(
+        model, optimizer, global_batch_size=batch, grad_accum_steps=grad_accum_steps
+    )
+    train_loop = loop.make_train_loop(tf.distribute.get_strategy(), train_step)
+    batches = iter(tf.data.Dataset.from_tensors((images, labels)))
+    totals = {key: float(value) for key, value in train_loop(batches, tf.constant(1)).items()}
+    logged = summaries.train_scalars(
+        totals, steps=1, seconds=1.0, learning_rate=0.0, epoch=1.0, weight_norm=1.0
+    )
+    assert totals['count'] == batch
+    assert logged['top1'] == pytest.approx(expected_top1, abs=1e-6)
+    assert logged['top5'] == pytest.approx(expected_top5, abs=1e-6)

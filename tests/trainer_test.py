@@ -7,6 +7,7 @@ its second epoch is a real process, and so is the command-line error.
 
 import json
 import os
+import shutil
 import re
 import signal
 
@@ -23,14 +24,14 @@ from main_runs import checkpoints
 from main_runs import run_main
 from main_runs import start_main
 from trainer import evaluation
-from trainer import step as step_lib
+from trainer.engine import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_l2_term_matches_formula_and_skips_batch_norm():
     model = densenet.create_model('densenet_bc_10_4', num_classes=10, image_size=32)
-    variables = step_lib.decayed_variables(model)
+    variables = step_lib.decayed_variables_of(model)
     kernels = [w for w in model.weights if 'kernel' in w.name]
     assert len(variables) == len(kernels) > 0
     assert not any('gamma' in v.name or 'beta' in v.name or 'bias' in v.name for v in variables)
@@ -138,7 +139,7 @@ def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
     # 1,497 training digits at batch 64: 23 steps in the epoch.
     last = _results(model_dir)[-1]
     assert last['epoch'] == 1 and last['step'] == 23 and last['num_examples'] == 300
-    assert set(last) >= {'epoch', 'step', 'top1', 'top5', 'loss', 'num_examples'}
+    assert set(last) >= {'epoch', 'step', 'top1', 'top5', 'cross_entropy', 'num_examples'}
     assert os.path.exists(os.path.join(model_dir, 'saves', 'epoch_001', 'saved_model.pb'))
     assert os.listdir(os.path.join(model_dir, 'logs', 'train'))
     assert os.listdir(os.path.join(model_dir, 'logs', 'eval'))
@@ -160,18 +161,32 @@ def _epoch_run_and_evaluations(precision, digits_dir, model_dir):
     assert 'Training already complete' in again.stderr
     rewritten = open(os.path.join(model_dir, 'flags.cfg')).read().splitlines()
     assert '--keep_checkpoints=5' in flag_lines and '--keep_checkpoints=3' in rewritten
-    # Evaluating the export and the checkpoint gives the trainer's own figures.
-    for path in (
-        os.path.join(model_dir, 'saves', 'epoch_001'),
-        os.path.join(model_dir, 'checkpoints'),
+    # Evaluating the export and the checkpoint gives the trainer's own figures. It reads
+    # only the validation records: here the training shards are damaged beyond reading
+    # (counting them, as training does, fails), and the checkpoint's epoch comes from
+    # the run's own rows.
+    damaged = os.path.join(os.path.dirname(model_dir), f'{precision}_damaged_data')
+    shutil.copytree(digits_dir, damaged)
+    for name in os.listdir(damaged):
+        if name.startswith('train-'):
+            with open(os.path.join(damaged, name), 'wb') as stream:
+                stream.write(b'not a TFRecord' * 100)
+    for path, epoch in (
+        (os.path.join(model_dir, 'saves', 'epoch_001'), None),
+        (os.path.join(model_dir, 'checkpoints'), 1),
     ):
-        run_main_in_process(
-            [*flags, f'--dataset_dir={digits_dir}', f'--only_eval={path}'], check=True
-        )
+        run_main_in_process([*flags, f'--dataset_dir={damaged}', f'--only_eval={path}'], check=True)
         evaluated = _results(model_dir)[-1]
         assert evaluated['num_examples'] == 300
+        assert evaluated['epoch'] == epoch and evaluated['path'] == path
         assert evaluated['top1'] == pytest.approx(last['top1'], abs=1e-6)
-        assert evaluated['loss'] == pytest.approx(last['loss'], rel=1e-4)
+        assert evaluated['cross_entropy'] == pytest.approx(last['cross_entropy'], rel=1e-4)
+    # Training on that data reads the training shards, and names the damaged one.
+    refused = run_main_in_process(
+        [*flags, f'--dataset_dir={damaged}', f'--model_dir={model_dir}_other', '--epochs=1']
+    )
+    assert refused.returncode == 1
+    assert 'train-' in refused.stderr.strip().splitlines()[-1], refused.stderr[-2000:]
 
 
 PRECISIONS = ('float32', 'bfloat16')

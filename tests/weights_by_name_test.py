@@ -1,4 +1,4 @@
-"""Tests of trainer/weights_by_name.py: every source loads by layer name, in process.
+"""Tests of trainer/artifacts/weights_by_name.py: every source loads by layer name, in process.
 
 The references are independent of the code under test: the source model's own
 weights (read from its layers, not from the file), and Keras itself writing its
@@ -13,10 +13,10 @@ import pytest
 import tensorflow as tf
 
 import densenet
-from trainer import checkpoint as checkpoint_lib
-from trainer import errors
-from trainer import export
-from trainer import weights_by_name
+from trainer.artifacts import checkpoint as checkpoint_lib
+from trainer import artifacts
+from trainer.artifacts import export
+from trainer.artifacts import weights_by_name
 
 KERAS_3 = keras.__version__.startswith('3')
 
@@ -122,7 +122,7 @@ def test_a_model_of_another_depth_is_refused_naming_the_layers(tmp_path):
     path = _state(_model(name='densenet_bc_16_4'), tmp_path).save(1)
     target = _model()
     before = _by_name(target)
-    with pytest.raises(errors.CheckpointError) as error:
+    with pytest.raises(artifacts.CheckpointError) as error:
         checkpoint_lib.load_initial_weights(target, str(tmp_path))
     # DenseNet-BC-16 has one more dense layer per block than BC-10, in each of 3 blocks:
     # 3 x (BN, 1x1 conv, BN, 3x3 conv) weighted layers that BC-10 lacks.
@@ -132,7 +132,7 @@ def test_a_model_of_another_depth_is_refused_naming_the_layers(tmp_path):
     )
     for key, value in _by_name(target).items():
         np.testing.assert_array_equal(value, before[key])
-    with pytest.raises(errors.CheckpointError, match=r'^checkpoint .* does not fit this model'):
+    with pytest.raises(artifacts.CheckpointError, match=r'^checkpoint .* does not fit this model'):
         _state(_model(), tmp_path).restore_latest()
 
 
@@ -162,7 +162,9 @@ def test_keras_applications_densenet121_files_load_into_a_10_class_model(tmp_pat
             np.testing.assert_array_equal(value, before[key], err_msg=key)
         else:
             np.testing.assert_array_equal(value, want[key], err_msg=key)
-    weighted = [layer for layer in reference.layers if layer.weights and layer.name != 'predictions']
+    weighted = [
+        layer for layer in reference.layers if layer.weights and layer.name != 'predictions'
+    ]
     assert loaded.layers == len(weighted) == 241 and loaded.source == path
     assert loaded.fresh == (
         "the file's has 1000 classes, this run 10 (--num_classes)"

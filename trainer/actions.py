@@ -4,16 +4,19 @@
 
   StopProfiler   the profiler trace ends right after the call of its last step;
   CheckFinite    a non-finite loss, or too many skipped steps, stops the run before
-                 anything is written (`trainer/nonfinite.py`);
+                 anything is written (`trainer/engine/nonfinite.py`);
   LogTrainScalars  TensorBoard's train scalars and the console line, every
                  --log_every_steps, at epoch ends and at the end;
   Evaluate       the validation split at epoch ends and at the end;
   Export         a SavedModel at epoch ends (--save_every_epoch) and at the last step;
   SaveCheckpoint every --checkpoint_every_steps, at epoch ends and at the end;
   StopOnSignal   after SIGTERM or SIGINT: a checkpoint at this step, then stop;
-  StartProfiler  the trace begins before the call of its first step.
+  StartProfiler  the trace begins before the call of its first step;
+  ResizeImages   at each image-size change, the training input starts anew at the new size
+                 (`trainer/image_sizes.py`).
 
-Evaluation and export see the weight average when the run keeps one.
+Each declares its `cadence` (`trainer/engine/controller.py`); the controller calls it
+at those steps only. Evaluation and export see the weight average when the run keeps one.
 """
 
 import os
@@ -21,13 +24,15 @@ from typing import Callable, Dict, Optional
 
 from absl import logging
 
-from trainer import console
-from trainer import ema
-from trainer import export
-from trainer import summaries
-from trainer.controller import Action
-from trainer.controller import Every
-from trainer.controller import LoopOutput
+from trainer.reporting import console
+from trainer.optimization import ema
+from trainer.artifacts import export
+from trainer.reporting import summaries
+from trainer.engine.controller import Action
+from trainer.engine.controller import At
+from trainer.engine.controller import Every
+from trainer.engine.controller import EveryCall
+from trainer.engine.controller import LoopOutput
 
 
 class StopProfiler(Action):
@@ -35,9 +40,7 @@ class StopProfiler(Action):
 
     def __init__(self, profiler):
         self.profiler = profiler
-
-    def steps_to_next(self, step):
-        return self.profiler.steps_to_boundary(step)
+        self.cadence = EveryCall(stop_at=profiler.steps_to_boundary)
 
     def __call__(self, output: LoopOutput):
         self.profiler.after_steps(output.step)
@@ -101,17 +104,14 @@ class LogTrainScalars(Action):
     def _reset(self):
         self.window, self.window_steps, self.window_seconds = {}, 0, 0.0
 
-    def steps_to_next(self, step):
-        return self.cadence.steps_to_next(step)
-
-    def __call__(self, output: LoopOutput):
+    def observe(self, output: LoopOutput):
         for key, value in output.totals.items():
             if not key.startswith('first_nonfinite'):
                 self.window[key] = self.window.get(key, 0.0) + value
         self.window_steps += output.num_steps
         self.window_seconds += output.seconds
-        if not self.cadence.due(output.step):
-            return
+
+    def __call__(self, output: LoopOutput):
         extra = dict(self.extra_scalars(output.step))
         # Not a figure of the interval's sums: written as the run's state gives it.
         image_size = extra.pop('image_size', None)
@@ -147,12 +147,8 @@ class Evaluate(Action):
         self.weight_average = weight_average
         self.last_result = None
 
-    def steps_to_next(self, step):
-        return self.cadence.steps_to_next(step)
-
     def __call__(self, output: LoopOutput):
-        if self.cadence.due(output.step):
-            self.last_result = self.evaluate_at(output.step) or self.last_result
+        self.last_result = self.evaluate_at(output.step) or self.last_result
 
     def evaluate_at(self, step: int) -> Optional[Dict]:
         with ema.averaged_weights(self.weight_average):
@@ -182,18 +178,15 @@ class Export(Action):
         at_last_step: bool = True,
     ):
         self.model = model
-        self.at_last_step = at_last_step
         self.model_dir = model_dir
-        self.cadence = Every(steps_per_epoch)
+        self.cadence = Every(
+            steps_per_epoch if every_epoch else None,
+            last_step=last_step if at_last_step else None,
+        )
         self.steps_per_epoch = steps_per_epoch
-        self.last_step = last_step
-        self.every_epoch = every_epoch
         self.weight_average = weight_average
         self.export_kwargs = export_kwargs
         self.class_names = class_names
-
-    def steps_to_next(self, step):
-        return self.cadence.steps_to_next(step)
 
     def start(self, step):
         if not self.export_kwargs.get('chief', True):
@@ -204,11 +197,8 @@ class Export(Action):
             )
 
     def __call__(self, output: LoopOutput):
-        step = output.step
-        last = self.at_last_step and step == self.last_step
-        if not (last or (self.every_epoch and self.cadence.due(step))):
-            return
-        path = os.path.join(self.model_dir, 'saves', export.export_name(step, self.steps_per_epoch))
+        name = export.export_name(output.step, self.steps_per_epoch)
+        path = os.path.join(self.model_dir, 'saves', name)
         with ema.averaged_weights(self.weight_average):
             export.export_saved_model(
                 self.model, path, class_names=self.class_names.get(), **self.export_kwargs
@@ -222,19 +212,27 @@ class SaveCheckpoint(Action):
         self.cadence = cadence
         self.checkpoint_state = checkpoint_state
 
-    def steps_to_next(self, step):
-        return self.cadence.steps_to_next(step)
-
     def __call__(self, output: LoopOutput):
-        if self.cadence.due(output.step):
-            self.checkpoint_state.save(output.step)
+        self.checkpoint_state.save(output.step)
 
 
 class StopOnSignal(Action):
-    """After SIGTERM or SIGINT, checkpoints this step and stops (`trainer/preemption.py`)."""
+    """After SIGTERM or SIGINT, checkpoints this step and stops (`trainer/engine/preemption.py`)."""
 
     def __init__(self, watcher):
         self.watcher = watcher
 
     def __call__(self, output: LoopOutput):
         return self.watcher.checkpoint_and_stop(output.step)
+
+
+class ResizeImages(Action):
+    """At each step where the training image size changes, `on_change(step)` starts the
+    training input anew from that step, at its size (`RunData.size_changes`)."""
+
+    def __init__(self, change_steps, on_change: Callable[[int], None]):
+        self.cadence = At(*change_steps)
+        self.on_change = on_change
+
+    def __call__(self, output: LoopOutput):
+        self.on_change(output.step)

@@ -1,7 +1,8 @@
-"""The run's configuration: one frozen object that every module below `main.py` reads.
+"""The run's configuration: one frozen object that every module of the trainer reads.
 
 Each field is a flag of `main.py` under the same name, with its default and help
-text defined here once: `main.py` derives the flags from these fields, and
+text defined here once: the command (`trainer/tools/train.py`) derives the flags from
+these fields, and
 `RunConfig(...)` validates its values on construction. So a config built in Python
 (a notebook, a test) gets the same checks and the same one-line errors as the
 command line, and a default cannot differ between the two.
@@ -14,22 +15,23 @@ import json
 import os
 from typing import Optional, Sequence, Tuple
 
+from input_pipeline import LAYOUTS  # --data_layout's choices: the pipeline's own list
+from input_pipeline import DataError
 from input_pipeline import data_service
-from trainer import errors
-from trainer import gaudi
+from base import errors
 from trainer import image_sizes
 
 # The values a choice flag accepts. The modules that implement them raise on any
-# other (trainer/optimizers.py, schedules.py, precision.py, distribute.py,
-# input_pipeline/formats.py) and take these tuples from here, so that `main.py` can
-# offer the choices without importing TensorFlow.
+# other (trainer/optimization/: optimizers.py, schedules.py, loss_scaling.py;
+# trainer/devices/distribute.py) and take these tuples from here, so that the command
+# can offer the choices without importing TensorFlow. The data layouts are the input
+# pipeline's own list (`input_pipeline.LAYOUTS`).
 OPTIMIZERS = ('sgd', 'adam', 'adamw', 'rmsprop')
 SCHEDULES = ('steps', 'piecewise', 'linear', 'exponential', 'cosine')
 LR_SCALINGS = ('none', 'linear')
 PRECISIONS = ('float32', 'bfloat16', 'float16')
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker_mirrored', 'tpu', 'hpu')
 DEVICES = ('auto', 'cpu', 'gpu', 'tpu', 'hpu')
-LAYOUTS = ('slim', 'tpu', 'tfds')
 
 # The fields that shape a run's checkpoints: a model_dir that holds a run with other
 # values cannot be resumed with these. (--memory_efficient keeps the weights but nests
@@ -302,66 +304,6 @@ class RunConfig:
         set_field('bfloat16', precision == 'bfloat16')
         _check_values(self)
 
-    def check_run(self) -> None:
-        """Raises ConfigError unless the folders, files and devices the run names exist.
-
-        Apart from construction, so that a config can be built (for a schedule, a model)
-        without data; `main.py` calls it before TensorFlow is loaded, and
-        `trainer/run.py` again for configs built in Python.
-        """
-        if self.only_eval and self.train_steps:
-            raise ConfigError(
-                '--only_eval evaluates and exits; it cannot be combined with --train_steps'
-            )
-        if not self.synthetic_data and not self.dataset_dir:
-            raise ConfigError('--dataset_dir is required (or --synthetic_data for speed runs)')
-        if (
-            self.dataset_dir
-            and not self.prepare_digits_demo
-            and is_local(self.dataset_dir)
-            and not os.path.isdir(self.dataset_dir)
-        ):
-            if os.path.exists(self.dataset_dir):
-                raise ConfigError(
-                    f'--dataset_dir={self.dataset_dir} is a file, not a folder: give the '
-                    'folder that holds the TFRecord shards'
-                )
-            raise ConfigError(f'--dataset_dir={self.dataset_dir} does not exist')
-        if self.dataset_dir and is_local(self.dataset_dir):
-            _check_class_list(self.dataset_dir, self.num_classes)
-        if not self.model_dir and not self.only_eval:
-            raise ConfigError('--model_dir is required for training')
-        if self.only_eval and not _exists(self.only_eval):
-            raise ConfigError(f'--only_eval={self.only_eval}: no such checkpoint or SavedModel')
-        _check_environment(self)
-        if self.data_service_address and not self.only_eval:
-            data_service.check_reachable(self.data_service_address)
-        if self.init_checkpoint and not _exists(self.init_checkpoint):
-            raise ConfigError(
-                f'--init_checkpoint={self.init_checkpoint}: no such checkpoint or weights file'
-            )
-
-
-def _check_class_list(dataset_dir: str, num_classes: int) -> None:
-    """A dataset built from class folders lists its classes: --num_classes must agree.
-
-    Too small a --num_classes stops the input at the first larger label; too large a one
-    trains logits that no example has, silently. The list is the builder's
-    (`input_pipeline/build_folders.py`), one class per line.
-    """
-    from input_pipeline import build_folders  # noqa: PLC0415  (no TensorFlow)
-
-    path = os.path.join(dataset_dir, build_folders.CLASS_LIST)
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding='utf8') as stream:
-        count = sum(1 for line in stream if line.strip())
-    if count != num_classes:
-        raise ConfigError(
-            f'--num_classes={num_classes}, but {path} lists {count} classes: give '
-            f'--num_classes={count}'
-        )
-
 
 def _numbers(name: str, values, kind=float) -> tuple:
     if isinstance(values, str):
@@ -410,8 +352,8 @@ def chief_rule(task_type, task_id, cluster_has_chief: bool) -> bool:
 def is_chief_task() -> bool:
     """Whether TF_CONFIG makes this process the chief (True without TF_CONFIG).
 
-    The rule of `trainer/distribute.py`'s `is_chief`, for code that runs before a
-    strategy exists and before TensorFlow is loaded (taking the run folder, writing
+    The rule of `trainer/devices/distribute.py`'s `is_chief`, for code that runs before a
+    strategy exists and before TensorFlow is loaded (taking the model_dir, writing
     flags.cfg): the `chief` task, or worker 0 of a cluster without one.
     """
     tf_config = json.loads(os.environ.get('TF_CONFIG') or '{}')
@@ -424,11 +366,6 @@ def is_chief_task() -> bool:
 def is_local(path: str) -> bool:
     """Whether `path` is on this machine's file system (not `gs://...` and the like)."""
     return '://' not in path
-
-
-def _exists(path: str) -> bool:
-    """A file, folder or checkpoint prefix; remote paths are checked when opened."""
-    return not is_local(path) or os.path.exists(path) or os.path.exists(path + '.index')
 
 
 def _check_values(config: RunConfig) -> None:
@@ -497,7 +434,10 @@ def _check_values(config: RunConfig) -> None:
 
 
 def _check_data_service(config: RunConfig) -> None:
-    data_service.parse_address(config.data_service_address)
+    try:
+        data_service.parse_address(config.data_service_address)
+    except DataError as error:
+        raise ConfigError(str(error)) from None
     if config.synthetic_data:
         raise ConfigError('--data_service_address has no input to serve with --synthetic_data')
     if config.skip_bad_records:
@@ -507,21 +447,6 @@ def _check_data_service(config: RunConfig) -> None:
         raise ConfigError(
             f'--data_service_timeout must be positive, not {config.data_service_timeout}'
         )
-
-
-def _check_environment(config: RunConfig) -> None:
-    """The Gaudi software for --device=hpu, and a multi-worker cluster's TF_CONFIG."""
-    # Checked here as well as where the module is loaded: it saves importing TensorFlow.
-    if 'hpu' in (config.device, config.distribution_strategy):
-        gaudi.check_present()
-    tf_config = os.environ.get('TF_CONFIG')
-    if tf_config:
-        try:
-            json.loads(tf_config)
-        except ValueError as error:
-            raise ConfigError(
-                f'the TF_CONFIG environment variable is not valid JSON: {error}'
-            ) from None
 
 
 def _check_training(config: RunConfig) -> None:

@@ -7,9 +7,9 @@ from typing import Dict
 from absl import logging
 import tensorflow as tf
 
-from trainer import loop
-from trainer import progress
-from trainer import step as step_lib
+from trainer.engine import loop
+from trainer.reporting import progress
+from trainer.engine import step as step_lib
 from trainer.run_data import RunData
 
 # An evaluation runs in about this many loop calls so that its progress bar moves; a
@@ -44,7 +44,8 @@ def _evaluate(eval_loop, distributed, eval_steps, *, show_progress=True) -> Dict
     return {
         'top1': totals['top1'] / count,
         'top5': totals['top5'] / count,
-        'loss': totals['cross_entropy'] / count,
+        # The mean cross-entropy: not `loss`, which in training includes the L2 term.
+        'cross_entropy': totals['cross_entropy'] / count,
         'num_examples': int(round(totals['count'])),
     }
 
@@ -80,6 +81,29 @@ def append_result(model_dir: str, result: Dict) -> None:
     with open(path + '.tmp', 'w') as stream:
         stream.write('\n'.join(lines) + '\n')
     os.replace(path + '.tmp', path)
+
+
+def epoch_from_results(model_dir: str, step: int):
+    """The epoch of global step `step`, from the training run's own rows of
+    `eval_results.jsonl` in `model_dir` (a row at an epoch's end, step = epoch x steps
+    per epoch, gives the steps per epoch); None where there is none.
+
+    So that `--only_eval` of a checkpoint reads no training records: counting the
+    training split would be its only use of them.
+    """
+    path = os.path.join(model_dir, 'eval_results.jsonl')
+    if not os.path.exists(path):
+        return None
+    with open(path) as stream:
+        for line in stream:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            epoch, at = row.get('epoch'), row.get('step')
+            if 'path' not in row and isinstance(epoch, int) and epoch > 0 and at:
+                return epoch_value(step, at // epoch)
+    return None
 
 
 def epoch_value(step: int, steps_per_epoch: int):

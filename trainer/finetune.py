@@ -15,10 +15,10 @@ function of the global step alone (steps before `--freeze_backbone_epochs` epoch
 a run resumed before, at or after the switch trains exactly as one never stopped.
 """
 
-from typing import Callable, Optional
+from typing import Callable
 
-from trainer import controller
-from trainer import weights_by_name
+from trainer.engine import controller
+from trainer.artifacts import weights_by_name
 
 
 def set_backbone_frozen(model, frozen: bool) -> None:
@@ -32,12 +32,8 @@ class UnfreezeBackbone(controller.Action):
     """At `end_step`, makes every layer trainable and calls `on_unfreeze` (which rebuilds the step)."""
 
     def __init__(self, end_step: int, on_unfreeze: Callable[[], None]):
-        self.end_step = end_step
+        self.cadence = controller.At(end_step)
         self.on_unfreeze = on_unfreeze
 
-    def steps_to_next(self, step: int) -> Optional[int]:
-        return self.end_step - step if step < self.end_step else None
-
     def __call__(self, output: controller.LoopOutput) -> None:
-        if output.step == self.end_step:
-            self.on_unfreeze()
+        self.on_unfreeze()

@@ -25,9 +25,7 @@ Nothing here imports TensorFlow: `main.py` prints the schedule's errors before l
 """
 
 import dataclasses
-from typing import Callable, List, Optional, Tuple
-
-from trainer import controller
+from typing import List, Optional, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,29 +146,3 @@ def check(config, error) -> None:
             f'--min_image_size needs 0 <= --resize_start_epoch < --resize_end_epoch, not '
             f'{config.resize_start_epoch} and {config.resize_end_epoch}'
         )
-
-
-class ResizeImages(controller.Action):
-    """At each step where the image size changes, `on_change(step)` starts the new input.
-
-    Args:
-      change_after: `change_after(step)`, the first step after `step` at another size
-        (`RunData.size_change_after`), or None.
-      on_change: builds the training stream from that step on, at its size.
-    """
-
-    def __init__(self, change_after: Callable[[int], Optional[int]], on_change):
-        self.change_after = change_after
-        self.on_change = on_change
-        self.next = None
-
-    def start(self, step: int) -> None:
-        self.next = self.change_after(step)
-
-    def steps_to_next(self, step: int) -> Optional[int]:
-        return None if self.next is None else self.next - step
-
-    def __call__(self, output: controller.LoopOutput) -> None:
-        if output.step == self.next:
-            self.on_change(output.step)
-            self.next = self.change_after(output.step)

@@ -7,7 +7,7 @@ evaluation. `evaluate(config)` evaluates a checkpoint or a SavedModel and exits.
 Training is three parts: `build_train_state` (strategy, data, model, optimizer,
 checkpoint state: what a checkpoint restores), the actions that run at their cadences
 (`trainer/actions.py`), and the controller that alternates the two
-(`trainer/controller.py`).
+(`trainer/engine/controller.py`).
 """
 
 import dataclasses
@@ -20,45 +20,65 @@ import keras
 import tensorflow as tf
 
 import densenet
+import input_pipeline
 from input_pipeline import data_service
 from input_pipeline import preprocessing
 from trainer import actions
-from trainer import banner
-from trainer import checkpoint as checkpoint_lib
+from trainer.reporting import banner
+from trainer.artifacts import checkpoint as checkpoint_lib
 from trainer import config as config_lib
-from trainer import class_names as class_names_lib
-from trainer import console
-from trainer import distribute
-from trainer import ema
-from trainer import errors
+from trainer import preflight
+from input_pipeline import class_names as class_names_lib
+from trainer.reporting import console
+from trainer.devices import distribute
+from trainer.optimization import ema
+from base import errors
 from trainer import evaluation
-from trainer import export
+from trainer.artifacts import export
 from trainer import finetune
 from trainer import image_sizes
-from trainer import loop
-from trainer import nonfinite
-from trainer import optimizers
-from trainer import precision
-from trainer import preemption
-from trainer import profiling
-from trainer import run_folder
-from trainer import run_lock
-from trainer import schedules
-from trainer import step as step_lib
-from trainer import summaries
-from trainer import weights_by_name
+from trainer.engine import loop
+from trainer.engine import nonfinite
+from trainer.optimization import optimizers
+from trainer.optimization import loss_scaling
+from trainer.engine import preemption
+from trainer.reporting import profiling
+from trainer.artifacts import model_dir as model_dir_lib
+from trainer.artifacts import run_lock
+from trainer.optimization import schedules
+from trainer.engine import step as step_lib
+from trainer.reporting import summaries
+from trainer.artifacts import weights_by_name
 from trainer.config import RunConfig
-from trainer.controller import Controller
-from trainer.controller import Every
+from trainer.engine.controller import Controller
+from trainer.engine.controller import Every
 from trainer.run_data import RunData
 
 # Augmented training images in the grid that TensorBoard shows at the start of a run.
 _PREVIEW_IMAGES = 16
 
+# Which errors of the packages below are the user's mistake, not a bug: the trainer
+# decides, here. Their messages name the flag, file or value; `users_mistakes` turns
+# them into `errors.UserError`, which main.py prints as one line.
+USER_ERRORS = (densenet.ModelError, input_pipeline.DataError)
+
+
+def users_mistakes(function):
+    """`function`, with the packages' `USER_ERRORS` raised as `errors.UserError`."""
+
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except USER_ERRORS as error:
+            raise errors.UserError(str(error)) from error
+
+    return wrapped
+
 
 def _prepare(config: RunConfig) -> None:
     """Checks the folders and devices (again, for configs built in Python); writes the demo data."""
-    config.check_run()
+    preflight.check(config)
     if config.prepare_digits_demo:
         from input_pipeline import digits  # pylint: disable=g-import-not-at-top
 
@@ -114,7 +134,7 @@ class TrainState:
     model: keras.Model
     schedule: schedules.EpochSchedule
     optimizer: keras.optimizers.Optimizer
-    loss_scaler: precision.LossScaler
+    loss_scaler: loss_scaling.LossScaler
     weight_average: Optional[ema.WeightAverage]
     train_step: step_lib.TrainStep
     checkpoint: checkpoint_lib.CheckpointState
@@ -149,7 +169,7 @@ def build_train_state(
             total_steps=schedule_steps,
             global_batch_size=data.global_batch_size,
         )
-        decayed_variables = step_lib.decayed_variables(model)
+        decayed_variables = step_lib.decayed_variables_of(model)
         optimizer = optimizers.create_optimizer(
             config.optimizer,
             schedule,
@@ -161,7 +181,7 @@ def build_train_state(
         )
         # Slots exist before a restore, so the checkpoint fills them rather than deferring.
         optimizer.build(model.trainable_variables)
-        loss_scaler = precision.create_loss_scaler(config.precision, config.loss_scale)
+        loss_scaler = loss_scaling.create_loss_scaler(config.precision, config.loss_scale)
         weight_average = ema.WeightAverage(model, config.ema_decay) if config.ema_decay else None
     extra_state = {'loss_scaler': loss_scaler}
     if weight_average is not None:
@@ -239,16 +259,17 @@ def _evaluation_recorder(state: TrainState, writers: summaries.SummaryWriters, c
             **evaluate_model(),
         }
         logging.info(
-            'Evaluation at step %d: top-1 %.4f, top-5 %.4f, loss %.4f over %d examples',
+            'Evaluation at step %d: top-1 %.4f, top-5 %.4f, cross-entropy %.4f over %d examples',
             step,
             result['top1'],
             result['top5'],
-            result['loss'],
+            result['cross_entropy'],
             result['num_examples'],
         )
-        # `cross_entropy` repeats `loss` under the train run's name for the same figure.
-        scalars = {key: result[key] for key in ('top1', 'top5', 'loss')}
-        writers.scalars('eval', step, {**scalars, 'cross_entropy': result['loss']})
+        # The train run's `cross_entropy` is the same figure: one chart compares them.
+        writers.scalars(
+            'eval', step, {key: result[key] for key in ('top1', 'top5', 'cross_entropy')}
+        )
         if config.histograms:
             writers.histograms(step, model.trainable_variables)
         if chief:
@@ -258,7 +279,7 @@ def _evaluation_recorder(state: TrainState, writers: summaries.SummaryWriters, c
     return record
 
 
-def _actions(state: TrainState, writers, evaluate, profiler, watcher, chief: bool):
+def _actions(state: TrainState, writers, evaluations, profiler, watcher, chief: bool):
     """The actions of a training run, in the order they run after each loop call."""
     config, data, last_step = state.config, state.data, state.total_steps
     steps_per_epoch = data.steps_per_epoch
@@ -289,7 +310,7 @@ def _actions(state: TrainState, writers, evaluate, profiler, watcher, chief: boo
             extra_scalars,
             steps_per_epoch,
         ),
-        evaluate,
+        evaluations,
         actions.Export(
             model=state.model,
             model_dir=config.model_dir,
@@ -342,16 +363,17 @@ class _TraceCounter:
         return totals
 
 
+@users_mistakes
 def train(
     config: RunConfig, folder_lock: Optional[run_lock.RunLock] = None
 ) -> Optional[Dict[str, float]]:
     """Trains (or resumes) the run described by `config`; returns the last evaluation.
 
     SIGTERM or SIGINT (Ctrl-C) writes a checkpoint at the next loop boundary and raises
-    `errors.StoppedEarly` (see `trainer/preemption.py`); starting again with the same
+    `errors.StoppedEarly` (see `trainer/engine/preemption.py`); starting again with the same
     config resumes.
-    `folder_lock` is the run folder's lock when the caller has taken it (`main.py`,
-    before writing flags.cfg); otherwise the chief takes it here (`trainer/run_lock.py`).
+    `folder_lock` is the model_dir's lock when the caller has taken it (`main.py`,
+    before writing flags.cfg); otherwise the chief takes it here (`trainer/artifacts/run_lock.py`).
     """
     _prepare(config)
     with (
@@ -379,14 +401,14 @@ def train(
             logging.info('%s', line)
         writers = summaries.SummaryWriters(config.model_dir, enabled=chief)
         writers.hparams(config)
-        evaluate = actions.Evaluate(
+        evaluations = actions.Evaluate(
             Every(state.data.steps_per_epoch, last_step=state.total_steps),
             _evaluation_recorder(state, writers, chief),
             state.weight_average,
         )
         if state.step >= state.total_steps:
             logging.info('Training already complete at step %d; evaluating.', state.step)
-            return evaluate.evaluate_at(state.step)
+            return evaluations.evaluate_at(state.step)
         if state.step == 0 and chief and not config.synthetic_data:
             writers.image_grid(0, state.data.preview_images(_PREVIEW_IMAGES))
 
@@ -450,9 +472,14 @@ def train(
                 last_step=state.total_steps,
                 actions=[
                     finetune.UnfreezeBackbone(state.frozen_until, unfreeze),
-                    *_actions(state, writers, evaluate, profiler, watcher, chief),
+                    *_actions(state, writers, evaluations, profiler, watcher, chief),
                     # After the epoch's evaluation and checkpoint: the next epoch's input.
-                    image_sizes.ResizeImages(state.data.size_change_after, resize),
+                    actions.ResizeImages(
+                        state.data.size_changes(
+                            -(-state.total_steps // state.data.steps_per_epoch)
+                        ),
+                        resize,
+                    ),
                 ],
             )
             step = controller.run(state.step)
@@ -465,21 +492,22 @@ def train(
         step,
         distribute.weights_fingerprint(state.model.trainable_variables),
     )
-    watcher.raise_if_stopped(step, state.total_steps, evaluate.last_result)
-    return evaluate.last_result
+    watcher.raise_if_stopped(step, state.total_steps, evaluations.last_result)
+    return evaluations.last_result
 
 
+@users_mistakes
 def evaluate(config: RunConfig) -> Dict[str, float]:
     """Evaluates `config.only_eval` (a SavedModel or a checkpoint) on the validation split.
 
     The result is appended to `eval_results.jsonl` in `config.model_dir`, or, when that
-    is not given, in the run folder the checkpoint or export belongs to.
+    is not given, in the model_dir the checkpoint or export belongs to.
     """
     _prepare(config)
     path = config.only_eval
     export.refuse_unfinished(path, '--only_eval')
     _set_up_determinism(config)
-    if run_folder.is_saved_model(path):
+    if model_dir_lib.is_saved_model(path):
         # A SavedModel's variables live on one device: evaluate it without distribution.
         strategy = tf.distribute.get_strategy()
         predict, image_size = export.load_predict_fn(path)
@@ -497,45 +525,46 @@ def evaluate(config: RunConfig) -> Dict[str, float]:
         prefix = checkpoint_lib.restore_weights(model, path)
         if config.ema_decay and ema.restore_averages_into(model, prefix):
             logging.info('Evaluating the averaged weights of %s', prefix)
-        step = int(prefix.rsplit('-', 1)[-1]) if prefix.rsplit('-', 1)[-1].isdigit() else None
+        step = checkpoint_lib.step_of(prefix)
         predict = lambda images: model(images, training=False)
     data = RunData(config, strategy)
     if not data.num_eval:
         raise errors.UserError(
             f'--only_eval needs validation data in --dataset_dir={config.dataset_dir}'
         )
+    model_dir = config.model_dir or model_dir_lib.of(path)
     result = {
-        'epoch': None if step is None else evaluation.epoch_value(step, data.steps_per_epoch),
+        'epoch': None if step is None else evaluation.epoch_from_results(model_dir, step),
         'step': step,
         **evaluation.make_evaluator(strategy, data, predict)(),
         'path': path,
     }
-    _append_only_eval_result(config.model_dir or run_folder.of(path), result)
+    _append_only_eval_result(model_dir, result)
     return result
 
 
-def _append_only_eval_result(run_dir: str, result: Dict) -> None:
-    """Adds an --only_eval row to the run folder's results, unless a trainer holds it.
+def _append_only_eval_result(model_dir: str, result: Dict) -> None:
+    """Adds an --only_eval row to the model_dir's results, unless a trainer holds it.
 
     Evaluating a checkpoint of a run in progress is allowed, but its eval_results.jsonl
     is the trainer's to rewrite: the row would race with the trainer's own. So the
     folder is taken for the moment of the write, or the row is left out, said in a line.
     On a remote store, where taking the folder would stop its trainer
-    (`trainer/run_lock.py`), the row is added as before.
+    (`trainer/artifacts/run_lock.py`), the row is added as before.
     """
-    if not config_lib.is_local(run_dir):
-        evaluation.append_result(run_dir, result)
+    if not config_lib.is_local(model_dir):
+        evaluation.append_result(model_dir, result)
         return
     try:
-        lock = run_lock.acquire(run_dir, purpose='adding an --only_eval result')
+        lock = run_lock.acquire(model_dir, purpose='adding an --only_eval result')
     except run_lock.FolderInUseError as error:
         logging.warning(
             'Not added to %s/eval_results.jsonl, which is in use by %s: the result is only printed',
-            run_dir,
+            model_dir,
             error.holder,
         )
         return
     try:
-        evaluation.append_result(run_dir, result)
+        evaluation.append_result(model_dir, result)
     finally:
         lock.release()

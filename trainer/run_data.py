@@ -6,7 +6,8 @@ the examples, and builds the per-replica training and evaluation datasets
 training split of speed runs.
 """
 
-from typing import Optional
+import functools
+from typing import List, Optional
 
 import tensorflow as tf
 
@@ -14,7 +15,7 @@ from input_pipeline import data_service
 from input_pipeline import dataset as dataset_lib
 from input_pipeline import formats
 from input_pipeline import preprocessing
-from trainer import errors
+from base import errors
 from trainer import image_sizes
 from trainer.config import RunConfig
 
@@ -61,7 +62,7 @@ class RunData:
         self.label_offset = 1 if config.label_offset is None else config.label_offset
         if config.synthetic_data:
             self.train_files = self.eval_files = []
-            self.num_train, self.num_eval = IMAGENET_TRAIN_EXAMPLES, 0
+            self.num_eval = 0
         else:
             # The layout, record keys and label offset, from the files (logged).
             found = formats.find_dataset(
@@ -71,23 +72,35 @@ class RunData:
             self.schema, self.label_offset = found.schema, found.label_offset
             self.train_files = list(found.train_files)
             self.eval_files = list(found.validation_files)
-            # Validation is always counted: exact evaluation depends on it.
-            self.num_train = _count_train(self.train_files, config.skip_bad_records)
+            # Validation is always counted: exact evaluation depends on it. The training
+            # split is counted when first asked for (`num_train`): --only_eval never does.
             self.num_eval = dataset_lib.count_examples(
                 self.eval_files, skip_bad_records=config.skip_bad_records
             )
-        self.steps_per_epoch = self.num_train // self.global_batch_size
-        if self.steps_per_epoch == 0:
-            raise errors.UserError(
-                f'--batch_size={config.batch_size} x {strategy.num_replicas_in_sync} replicas '
-                f'is larger than the {self.num_train} training examples in {config.dataset_dir}'
-            )
         # The workers the training batches are dealt to; 0: decoded here. --only_eval
         # (say with a training run's flags.cfg) reads no training batches: no probe, as
-        # config.check_run does not check the address then either.
+        # preflight.check does not check the address then either.
         self.service_workers = 0
         if config.data_service_address and not config.only_eval:
             self.service_workers = data_service.count_workers(config.data_service_address)
+
+    @functools.cached_property
+    def num_train(self) -> int:
+        """The training split's size (ImageNet's for synthetic data)."""
+        if self.config.synthetic_data:
+            return IMAGENET_TRAIN_EXAMPLES
+        return _count_train(self.train_files, self.config.skip_bad_records)
+
+    @functools.cached_property
+    def steps_per_epoch(self) -> int:
+        steps = self.num_train // self.global_batch_size
+        if steps == 0:
+            raise errors.UserError(
+                f'--batch_size={self.config.batch_size} x '
+                f'{self.strategy.num_replicas_in_sync} replicas is larger than the '
+                f'{self.num_train} training examples in {self.config.dataset_dir}'
+            )
+        return steps
 
     @property
     def records(self) -> preprocessing.Records:
@@ -146,6 +159,10 @@ class RunData:
         """
         dataset_fn = self.train_dataset_fn(step, served=bool(self.service_workers))
         return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def size_changes(self, epochs: int) -> List[int]:
+        """The global steps, within `epochs` epochs, at which the training size changes."""
+        return [first * self.steps_per_epoch for first, _ in self.image_sizes.phases(epochs)[1:]]
 
     def size_change_after(self, step: int) -> Optional[int]:
         """The first global step after `step` whose epoch trains at another image size."""
