@@ -73,3 +73,26 @@ def test_the_base_and_the_command_line_load_without_tensorflow():
         [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == '[]', result.stdout
+
+
+def test_main_py_is_the_top_layer():
+    """main.py is a script, not a package, so import-linter cannot hold it: its imports
+    are read here. It imports the training command only, and no package imports it."""
+    import ast  # noqa: PLC0415
+
+    def imported(path):
+        with open(path) as stream:
+            tree = ast.parse(stream.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+
+    assert sorted(set(imported(os.path.join(ROOT, 'main.py')))) == ['trainer.tools']
+    for package in _PACKAGES:
+        for folder, _, names in os.walk(os.path.join(ROOT, package)):
+            for name in names:
+                if name.endswith('.py'):
+                    path = os.path.join(folder, name)
+                    assert 'main' not in set(imported(path)), path
