@@ -98,6 +98,7 @@ def test_fast_loop_command_selects_every_test_file_and_stack_the_standins(tmp_pa
             'input_pipeline_distributed',
             'finetune',
             'readme_own_images',
+            'install',
         )
     }
     assert collected('-m', 'not slow') == files - wholly_slow
