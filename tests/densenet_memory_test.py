@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from recompute_checks import assert_recomputed_gradients_equal_stored
 from densenet import all_layers
 from densenet import blocks
 from densenet import create_model
@@ -113,19 +114,9 @@ def test_transition_dropout_inside_reuses_its_mask():
     # The transition's dropout now sits inside the block: training differs call to call.
     assert not np.allclose(block(images, training=True), block(images, training=True))
 
-    def gradients(recompute):
-        block.recompute = recompute
-        tf.random.set_seed(7)
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            # A mean, as in `_gradients`: the stem's hand-written backward pass and
-            # autodiff of the stored one round differently, in the last bits.
-            loss = tf.reduce_mean(block(images, training=True) * projection)
-        return tape.gradient(loss, [images] + block.trainable_variables)
-
-    for got, want in zip(gradients(True), gradients(False)):
-        assert float(tf.reduce_max(tf.abs(want))) > 0
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    # A mean, as in `_gradients`: the stem's hand-written backward pass and autodiff of
+    # the stored one round differently, in the last bits.
+    assert_recomputed_gradients_equal_stored(block, images, projection, reduce=tf.reduce_mean)
 
 
 def test_efficient_densenet121_has_no_stored_stem_or_pool_layers():
